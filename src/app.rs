@@ -1,0 +1,72 @@
+//! [`App`]: every dependency of the service, built once and shared by the
+//! HTTP and gRPC servers through [`AppState`].
+
+use std::ops::Deref;
+use std::sync::Arc;
+
+use crate::audit::AuditLog;
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::issuer::Issuers;
+use crate::metrics::Metrics;
+use crate::policy::PolicyHandle;
+use crate::revocation::Revocations;
+use crate::store::Store;
+
+pub struct App {
+    /// Checked configuration.
+    pub config: Config,
+    /// Source of "now"; a fixed clock in tests.
+    pub clock: Arc<dyn Clock>,
+    /// Registry, replay and revocation state, audit log.
+    pub store: Arc<dyn Store>,
+    /// The human and service issuers with their key rings and the
+    /// verified-token cache.
+    pub issuers: Issuers,
+    /// Revoked token ids, in memory, synced from the store.
+    pub revocations: Arc<Revocations>,
+    /// The route policy snapshot, hot-reloaded.
+    pub policy: Arc<PolicyHandle>,
+    /// Batched, hash-chained audit writer.
+    pub audit: AuditLog,
+    pub metrics: Metrics,
+}
+
+impl App {
+    /// Connects the store (applying migrations), loads keys, policy and
+    /// revocations, and starts the audit writer.
+    pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        let policy = Arc::new(PolicyHandle::load(config.policy.file.clone())?);
+        let store = crate::store::connect(&config.store).await?;
+        let issuers = Issuers::load(&config, clock.now())?;
+        let revocations = Arc::new(Revocations::load(store.clone(), clock.now()).await?);
+        let audit = AuditLog::spawn(store.clone(), config.audit.batch_max);
+        Ok(Self {
+            config,
+            clock,
+            store,
+            issuers,
+            revocations,
+            policy,
+            audit,
+            metrics: Metrics::default(),
+        })
+    }
+}
+
+/// Shared handle to the [`App`].
+#[derive(Clone)]
+pub struct AppState(pub Arc<App>);
+
+impl Deref for AppState {
+    type Target = App;
+    fn deref(&self) -> &App {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AppState")
+    }
+}

@@ -1,0 +1,443 @@
+//! The `tessera` command line: `serve`, `migrate`, and the operator
+//! commands for clients, keys and the audit log. Every command prints JSON
+//! on stdout (errors go to stderr, with a non-zero exit).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use serde_json::json;
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::issuer::keys;
+use crate::issuer::{IssuerKind, LEEWAY};
+use crate::jose::{JwkSet, VerifyingKey};
+use crate::oauth::grants::parse_scope;
+use crate::oauth::secret;
+use crate::store::{Client, SecretDigest, Store};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tessera",
+    version,
+    about = "Token and credential-exchange service"
+)]
+pub struct Cli {
+    /// TOML configuration file (environment variables TESSERA_<SECTION>_<KEY> override it).
+    #[arg(long, global = true, env = "TESSERA_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP and gRPC servers.
+    Serve,
+    /// Apply pending database migrations.
+    Migrate,
+    /// Manage OAuth clients.
+    #[command(subcommand)]
+    Client(ClientCommand),
+    /// Manage signing keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Inspect the audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Register a client; prints its client_id and, for secret clients, the secret (shown once).
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        tenant: String,
+        /// Audience the client may obtain tokens for (repeatable).
+        #[arg(long = "audience", required = true)]
+        audiences: Vec<String>,
+        /// Scope the client may obtain (repeatable).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// Token lifetime for this client, e.g. 5m (default: the service issuer's).
+        #[arg(long)]
+        ttl: Option<String>,
+        /// JWK Set file with the client's public keys: the client then
+        /// authenticates with private_key_jwt and gets no secret.
+        #[arg(long)]
+        jwks: Option<PathBuf>,
+    },
+    List,
+    Show {
+        client_id: String,
+    },
+    Disable {
+        client_id: String,
+    },
+    Enable {
+        client_id: String,
+    },
+    /// Issue a new secret; the old one keeps working for the overlap.
+    RotateSecret {
+        client_id: String,
+        /// How long the old secret stays valid (default: oauth.secret_rotation_overlap).
+        #[arg(long)]
+        overlap: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Add the next signing key (published now, signing after keys.rotation_delay).
+    Rotate {
+        #[arg(long, value_parser = ["human", "service"])]
+        issuer: Option<String>,
+    },
+    /// Show each issuer's key schedule.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the hash chain; exits 1 and names the first broken record if it is broken.
+    Verify,
+    /// Show the newest records.
+    Tail {
+        #[arg(short = 'n', long, default_value_t = 20)]
+        limit: i64,
+    },
+}
+
+fn print(value: serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(&value).expect("json"));
+}
+
+/// Public view of a client (never a secret).
+fn client_json(c: &Client) -> serde_json::Value {
+    json!({
+        "client_id": c.client_id,
+        "name": c.name,
+        "tenant": c.tenant,
+        "audiences": c.audiences,
+        "scopes": c.scopes,
+        "token_ttl": c.token_ttl,
+        "auth_method": if c.jwks.is_some() { "private_key_jwt" } else { "client_secret" },
+        "jwks": c.jwks,
+        "disabled": c.disabled,
+        "created_at": c.created_at,
+        "updated_at": c.updated_at,
+    })
+}
+
+fn parse_duration(flag: &str, text: &str) -> anyhow::Result<Duration> {
+    let d = humantime::parse_duration(text)
+        .with_context(|| format!("{flag} {text:?} is not a duration like 5m"))?;
+    if d.is_zero() {
+        bail!("{flag} must be greater than zero");
+    }
+    Ok(d)
+}
+
+fn check_label(flag: &str, value: &str) -> anyhow::Result<()> {
+    if value.trim().is_empty() || value.len() > 128 || value.chars().any(char::is_control) {
+        bail!("{flag} must be 1 to 128 printable characters");
+    }
+    Ok(())
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<i32> {
+    let config = Config::load(cli.config.as_deref())?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    match cli.command {
+        Command::Serve => serve(config, clock).await,
+        Command::Migrate => {
+            crate::store::connect(&config.store).await?;
+            print(json!({"migrated": true}));
+            Ok(0)
+        }
+        Command::Client(cmd) => {
+            let store = crate::store::connect(&config.store).await?;
+            client(&config, store.as_ref(), clock.as_ref(), cmd).await
+        }
+        Command::Keys(cmd) => keys_command(&config, clock.as_ref(), cmd),
+        Command::Audit(AuditCommand::Verify) => {
+            let store = crate::store::connect(&config.store).await?;
+            let report = crate::audit::verify_chain(store.as_ref()).await?;
+            let ok = report.first_broken.is_none();
+            print(serde_json::to_value(&report)?);
+            Ok(if ok { 0 } else { 1 })
+        }
+        Command::Audit(AuditCommand::Tail { limit }) => {
+            let store = crate::store::connect(&config.store).await?;
+            let rows = store.audit_tail(limit.clamp(1, 10_000)).await?;
+            print(serde_json::to_value(rows)?);
+            Ok(0)
+        }
+    }
+}
+
+async fn serve(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<i32> {
+    let server = crate::server::Server::start(config, clock).await?;
+    let cfg = &server.app.config;
+    eprintln!(
+        "tessera: HTTP on http://{} (public URL {})",
+        server.http_addr, cfg.server.public_url
+    );
+    eprintln!("tessera: gRPC ext_authz on {}", server.grpc_addr);
+    eprintln!(
+        "tessera: store {}; keys in {}",
+        redact(&cfg.store.url),
+        cfg.keys.dir.display()
+    );
+    eprintln!(
+        "tessera: policy {} (version {})",
+        cfg.policy
+            .file
+            .as_ref()
+            .map_or("built-in".to_string(), |p| p.display().to_string()),
+        server.app.policy.current().version
+    );
+    eprintln!(
+        "tessera: create a first client with\n  tessera client create --name demo --tenant demo --audience internal --scope demo:read"
+    );
+    shutdown_signal().await;
+    eprintln!("tessera: shutting down");
+    server.shutdown().await;
+    Ok(0)
+}
+
+/// Hides a password in a database URL.
+fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("signal handler");
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term.recv() => {},
+    }
+}
+
+async fn client(
+    config: &Config,
+    store: &dyn Store,
+    clock: &dyn Clock,
+    cmd: ClientCommand,
+) -> anyhow::Result<i32> {
+    let now = clock.now();
+    match cmd {
+        ClientCommand::Create {
+            name,
+            tenant,
+            audiences,
+            scopes,
+            ttl,
+            jwks,
+        } => {
+            check_label("--name", &name)?;
+            check_label("--tenant", &tenant)?;
+            for a in &audiences {
+                check_label("--audience", a)?;
+            }
+            let scopes = parse_scope(&scopes.join(" "))
+                .map_err(|_| anyhow::anyhow!("--scope values must be RFC 6749 scope tokens"))?;
+            let token_ttl = match ttl {
+                None => None,
+                Some(t) => {
+                    let d = parse_duration("--ttl", &t)?;
+                    if d > config.issuers.service.max_token_ttl {
+                        bail!("--ttl must not exceed issuers.service.max_token_ttl");
+                    }
+                    Some(d.as_secs() as i64)
+                }
+            };
+            let jwks = match jwks {
+                None => None,
+                Some(path) => {
+                    let text = std::fs::read_to_string(&path)
+                        .with_context(|| format!("cannot read {}", path.display()))?;
+                    let set: JwkSet = serde_json::from_str(&text)
+                        .with_context(|| format!("{} is not a JWK Set", path.display()))?;
+                    if set.keys.is_empty() {
+                        bail!("{} has no keys", path.display());
+                    }
+                    for k in &set.keys {
+                        VerifyingKey::from_jwk(k)
+                            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+                    }
+                    Some(set)
+                }
+            };
+            let client = Client {
+                client_id: uuid::Uuid::new_v4().to_string(),
+                name,
+                tenant,
+                audiences,
+                scopes,
+                token_ttl,
+                jwks,
+                disabled: false,
+                created_at: now,
+                updated_at: now,
+            };
+            let secret = client.jwks.is_none().then(secret::generate);
+            let digest = secret.as_ref().map(|s| SecretDigest {
+                digest: secret::digest(s),
+                created_at: now,
+                expires_at: None,
+            });
+            store.create_client(&client, digest.as_ref()).await?;
+            let mut out = client_json(&client);
+            if let Some(s) = secret {
+                out["client_secret"] = json!(s);
+            }
+            print(out);
+            Ok(0)
+        }
+        ClientCommand::List => {
+            let clients = store.list_clients().await?;
+            print(json!(clients.iter().map(client_json).collect::<Vec<_>>()));
+            Ok(0)
+        }
+        ClientCommand::Show { client_id } => match store.get_client(&client_id).await? {
+            Some(c) => {
+                print(client_json(&c));
+                Ok(0)
+            }
+            None => bail!("no client {client_id:?}"),
+        },
+        ClientCommand::Disable { client_id } | ClientCommand::Enable { client_id }
+            if store.get_client(&client_id).await?.is_none() =>
+        {
+            bail!("no client {client_id:?}")
+        }
+        ClientCommand::Disable { client_id } => {
+            store.set_disabled(&client_id, true, now).await?;
+            print(client_json(
+                &store
+                    .get_client(&client_id)
+                    .await?
+                    .context("client vanished")?,
+            ));
+            Ok(0)
+        }
+        ClientCommand::Enable { client_id } => {
+            store.set_disabled(&client_id, false, now).await?;
+            print(client_json(
+                &store
+                    .get_client(&client_id)
+                    .await?
+                    .context("client vanished")?,
+            ));
+            Ok(0)
+        }
+        ClientCommand::RotateSecret { client_id, overlap } => {
+            let client = store
+                .get_client(&client_id)
+                .await?
+                .with_context(|| format!("no client {client_id:?}"))?;
+            if client.jwks.is_some() {
+                bail!("client {client_id:?} authenticates with private_key_jwt; it has no secret to rotate");
+            }
+            let overlap = match overlap {
+                Some(o) => parse_duration("--overlap", &o)?,
+                None => config.oauth.secret_rotation_overlap,
+            };
+            let new = secret::generate();
+            let old_expires_at = now + overlap.as_secs() as i64;
+            store
+                .rotate_secret(
+                    &client_id,
+                    &SecretDigest {
+                        digest: secret::digest(&new),
+                        created_at: now,
+                        expires_at: None,
+                    },
+                    old_expires_at,
+                )
+                .await?;
+            print(
+                json!({"client_id": client_id, "client_secret": new, "previous_secret_expires_at": old_expires_at}),
+            );
+            Ok(0)
+        }
+    }
+}
+
+fn keys_command(config: &Config, clock: &dyn Clock, cmd: KeysCommand) -> anyhow::Result<i32> {
+    let now = clock.now();
+    let grace = |kind: IssuerKind| {
+        let cfg = match kind {
+            IssuerKind::Human => &config.issuers.human,
+            IssuerKind::Service => &config.issuers.service,
+        };
+        cfg.max_token_ttl.as_secs() as i64 + LEEWAY
+    };
+    match cmd {
+        KeysCommand::Rotate { issuer } => {
+            let kinds: Vec<IssuerKind> = match issuer.as_deref() {
+                Some(name) => {
+                    vec![IssuerKind::parse(name).context("--issuer must be human or service")?]
+                }
+                None => IssuerKind::ALL.to_vec(),
+            };
+            let mut out = Vec::new();
+            for kind in kinds {
+                let dir = config.keys.dir.join(kind.name());
+                let file = keys::rotate(
+                    &dir,
+                    config.keys.algorithm,
+                    now,
+                    config.keys.rotation_delay.as_secs() as i64,
+                    grace(kind),
+                )?;
+                out.push(json!({"issuer": kind.name(), "kid": file.kid, "alg": file.alg, "activates_at": file.activates_at}));
+            }
+            print(json!(out));
+            Ok(0)
+        }
+        KeysCommand::List => {
+            let mut out = serde_json::Map::new();
+            for kind in IssuerKind::ALL {
+                let ring = keys::KeyRing::from_files(
+                    keys::read_dir(&config.keys.dir.join(kind.name()))?,
+                    grace(kind),
+                )?;
+                let signing = ring.signing_at(now).map(|k| k.kid.clone());
+                let list: Vec<_> = ring
+                    .keys
+                    .iter()
+                    .map(|k| {
+                        let state = if Some(&k.kid) == signing.as_ref() {
+                            "current"
+                        } else if k.activates_at > now {
+                            "next"
+                        } else if k.is_published(now) {
+                            "retired"
+                        } else {
+                            "expired"
+                        };
+                        json!({"kid": k.kid, "alg": k.alg, "state": state, "activates_at": k.activates_at, "retires_at": k.retires_at, "verify_until": k.verify_until})
+                    })
+                    .collect();
+                out.insert(kind.name().into(), json!(list));
+            }
+            print(serde_json::Value::Object(out));
+            Ok(0)
+        }
+    }
+}

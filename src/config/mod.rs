@@ -1,0 +1,603 @@
+//! Typed configuration: a TOML file laid over built-in defaults, then
+//! `TESSERA_<SECTION>_<KEY>` environment variables laid over that, then
+//! validated once at start-up. Every error names the key it is about.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use toml::Value;
+
+use crate::jose::Alg;
+
+/// Prefix of every environment override.
+pub const ENV_PREFIX: &str = "TESSERA_";
+
+/// The file layout as written by operators: plain strings, numbers and
+/// booleans, so that the env overlay and the error messages stay simple.
+/// [`Config`] is the checked form the rest of the crate uses.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+struct Raw {
+    server: RawServer,
+    store: RawStore,
+    keys: RawKeys,
+    issuers: RawIssuers,
+    policy: RawPolicy,
+    oauth: RawOAuth,
+    audit: RawAudit,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+struct RawServer {
+    listen: String,
+    grpc_listen: String,
+    public_url: String,
+    max_body_bytes: i64,
+    max_token_bytes: i64,
+    trust_original_request_headers: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+struct RawStore {
+    url: String,
+    max_connections: i64,
+    schema: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+struct RawKeys {
+    dir: String,
+    algorithm: String,
+    rotation_delay: String,
+    reload_interval: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
+struct RawIssuers {
+    human: RawIssuer,
+    service: RawIssuer,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+struct RawIssuer {
+    token_ttl: String,
+    max_token_ttl: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+struct RawPolicy {
+    file: String,
+    reload_interval: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+struct RawOAuth {
+    assertion_max_lifetime: String,
+    clock_skew: String,
+    secret_rotation_overlap: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+struct RawAudit {
+    batch_max: i64,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            grpc_listen: "127.0.0.1:9191".into(),
+            public_url: String::new(),
+            max_body_bytes: 64 * 1024,
+            max_token_bytes: 8 * 1024,
+            trust_original_request_headers: false,
+        }
+    }
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://data/tessera.db".into(),
+            max_connections: 16,
+            schema: String::new(),
+        }
+    }
+}
+
+impl Default for RawKeys {
+    fn default() -> Self {
+        Self {
+            dir: "keys".into(),
+            algorithm: "ES256".into(),
+            rotation_delay: "15m".into(),
+            reload_interval: "10s".into(),
+        }
+    }
+}
+
+impl Default for RawIssuer {
+    fn default() -> Self {
+        Self {
+            token_ttl: "5m".into(),
+            max_token_ttl: "1h".into(),
+        }
+    }
+}
+
+impl Default for RawPolicy {
+    fn default() -> Self {
+        Self {
+            file: String::new(),
+            reload_interval: "1s".into(),
+        }
+    }
+}
+
+impl Default for RawOAuth {
+    fn default() -> Self {
+        Self {
+            assertion_max_lifetime: "1h".into(),
+            clock_skew: "60s".into(),
+            secret_rotation_overlap: "24h".into(),
+        }
+    }
+}
+
+impl Default for RawAudit {
+    fn default() -> Self {
+        Self { batch_max: 256 }
+    }
+}
+
+impl Default for Raw {
+    fn default() -> Self {
+        Self {
+            server: RawServer::default(),
+            store: RawStore::default(),
+            keys: RawKeys::default(),
+            issuers: RawIssuers::default(),
+            policy: RawPolicy::default(),
+            oauth: RawOAuth::default(),
+            audit: RawAudit::default(),
+        }
+    }
+}
+
+/// Checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub store: StoreConfig,
+    pub keys: KeysConfig,
+    pub issuers: IssuersConfig,
+    pub policy: PolicyConfig,
+    pub oauth: OAuthConfig,
+    pub audit: AuditConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub grpc_listen: SocketAddr,
+    /// Base URL the issuers and endpoints are published under, without a
+    /// trailing slash. Defaults to `http://{listen}`.
+    pub public_url: String,
+    /// Largest accepted request body; larger ones get 413.
+    pub max_body_bytes: usize,
+    /// Largest accepted token or assertion; larger ones are refused before
+    /// any parsing.
+    pub max_token_bytes: usize,
+    /// Take the checked method and path of HTTP ext_authz requests from
+    /// `X-Original-Method` / `X-Original-URI` (what nginx `auth_request`
+    /// sends). Off by default: only turn it on when the proxy overwrites
+    /// those headers, or a client could choose which route is checked.
+    pub trust_original_request_headers: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub url: String,
+    pub max_connections: u32,
+    /// Postgres only: schema to create and use instead of `public`.
+    pub schema: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct KeysConfig {
+    pub dir: PathBuf,
+    pub algorithm: Alg,
+    /// How long a key added by `keys rotate` is published before it signs.
+    pub rotation_delay: Duration,
+    /// How often each replica re-reads `keys/`.
+    pub reload_interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct IssuersConfig {
+    pub human: IssuerConfig,
+    pub service: IssuerConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct IssuerConfig {
+    pub token_ttl: Duration,
+    /// Upper bound for any per-client TTL.
+    pub max_token_ttl: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct PolicyConfig {
+    /// `None`: the built-in policy of DESIGN.md §4.
+    pub file: Option<PathBuf>,
+    pub reload_interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct OAuthConfig {
+    /// Longest accepted `exp - now` for a private_key_jwt assertion.
+    pub assertion_max_lifetime: Duration,
+    /// Tolerated clock difference for `exp`, `nbf` and `iat` of assertions.
+    pub clock_skew: Duration,
+    /// How long the previous secret keeps working after `rotate-secret`.
+    pub secret_rotation_overlap: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    /// Most records written in one transaction.
+    pub batch_max: usize,
+}
+
+/// A configuration problem, always naming the key.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration key `{key}`: {problem}")]
+pub struct ConfigError {
+    pub key: String,
+    pub problem: String,
+}
+
+fn err(key: &str, problem: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.to_string(),
+        problem: problem.into(),
+    }
+}
+
+impl Config {
+    /// Defaults, then `file` (if any), then the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let text = match file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| err("--config", format!("cannot read {}: {e}", path.display())))?,
+            ),
+            None => None,
+        };
+        Self::from_sources(text.as_deref(), std::env::vars())
+    }
+
+    /// The pure part of [`Config::load`], for tests.
+    pub fn from_sources(
+        file_text: Option<&str>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut merged = Value::try_from(Raw::default()).expect("defaults serialize");
+        if let Some(text) = file_text {
+            let file: Value = toml::from_str(text)
+                .map_err(|e| err("(file)", format!("not valid TOML: {}", e.message())))?;
+            overlay(&mut merged, &file, "")?;
+        }
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        overlay_env(&mut merged, &env, "")?;
+        let raw: Raw = merged
+            .try_into()
+            .map_err(|e: toml::de::Error| err("(config)", e.message().to_string()))?;
+        raw.validate()
+    }
+}
+
+/// Lays `src` over `dst`, refusing keys the defaults do not have and values
+/// whose type differs from the default's.
+fn overlay(dst: &mut Value, src: &Value, path: &str) -> Result<(), ConfigError> {
+    let (Value::Table(dst), Value::Table(src)) = (dst, src) else {
+        return Err(err(path, "expected a table"));
+    };
+    for (key, value) in src {
+        let full = if path.is_empty() {
+            key.clone()
+        } else {
+            format!("{path}.{key}")
+        };
+        let Some(slot) = dst.get_mut(key) else {
+            return Err(err(&full, "unknown key"));
+        };
+        match slot {
+            Value::Table(_) => overlay(slot, value, &full)?,
+            _ if std::mem::discriminant(slot) == std::mem::discriminant(value) => {
+                *slot = value.clone()
+            }
+            _ => {
+                return Err(err(
+                    &full,
+                    format!(
+                        "expected a {}, found a {}",
+                        slot.type_str(),
+                        value.type_str()
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `server.grpc_listen` is overridden by `TESSERA_SERVER_GRPC_LISTEN`.
+fn overlay_env(dst: &mut Value, env: &[(String, String)], path: &str) -> Result<(), ConfigError> {
+    let Value::Table(table) = dst else {
+        return Ok(());
+    };
+    for (key, slot) in table.iter_mut() {
+        let full = if path.is_empty() {
+            key.clone()
+        } else {
+            format!("{path}.{key}")
+        };
+        if let Value::Table(_) = slot {
+            overlay_env(slot, env, &full)?;
+            continue;
+        }
+        let var = format!(
+            "{ENV_PREFIX}{}",
+            full.replace('.', "_").to_ascii_uppercase()
+        );
+        let Some((_, raw)) = env.iter().find(|(k, _)| *k == var) else {
+            continue;
+        };
+        *slot = match slot {
+            Value::String(_) => Value::String(raw.clone()),
+            Value::Integer(_) => Value::Integer(
+                raw.trim()
+                    .parse()
+                    .map_err(|_| err(&full, format!("{var}={raw:?} is not an integer")))?,
+            ),
+            Value::Boolean(_) => Value::Boolean(match raw.trim() {
+                "true" | "1" => true,
+                "false" | "0" => false,
+                _ => return Err(err(&full, format!("{var}={raw:?} is not true or false"))),
+            }),
+            other => {
+                return Err(err(
+                    &full,
+                    format!("cannot be set from {var} ({})", other.type_str()),
+                ))
+            }
+        };
+    }
+    Ok(())
+}
+
+fn duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
+    let d = humantime::parse_duration(text.trim()).map_err(|e| {
+        err(
+            key,
+            format!("{text:?} is not a duration like \"5m\" or \"90s\": {e}"),
+        )
+    })?;
+    if d.is_zero() {
+        return Err(err(key, "must be greater than zero"));
+    }
+    Ok(d)
+}
+
+fn socket(key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
+    text.parse().map_err(|_| {
+        err(
+            key,
+            format!("{text:?} is not an address like 127.0.0.1:8080"),
+        )
+    })
+}
+
+fn positive(key: &str, n: i64) -> Result<usize, ConfigError> {
+    usize::try_from(n)
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| err(key, "must be a positive number"))
+}
+
+impl Raw {
+    fn validate(self) -> Result<Config, ConfigError> {
+        let listen = socket("server.listen", &self.server.listen)?;
+        let grpc_listen = socket("server.grpc_listen", &self.server.grpc_listen)?;
+        let public_url = if self.server.public_url.is_empty() {
+            format!("http://{listen}")
+        } else {
+            let parsed = url::Url::parse(&self.server.public_url)
+                .map_err(|e| err("server.public_url", format!("not a URL: {e}")))?;
+            if !matches!(parsed.scheme(), "http" | "https")
+                || parsed.query().is_some()
+                || parsed.fragment().is_some()
+                || parsed.host().is_none()
+            {
+                return Err(err(
+                    "server.public_url",
+                    "must be an http(s) URL without query or fragment",
+                ));
+            }
+            self.server.public_url.trim_end_matches('/').to_string()
+        };
+        let store_url = self.store.url.trim().to_string();
+        if !(store_url.starts_with("sqlite:")
+            || store_url.starts_with("postgres://")
+            || store_url.starts_with("postgresql://"))
+        {
+            return Err(err("store.url", "must start with sqlite:// or postgres://"));
+        }
+        let algorithm: Alg = self.keys.algorithm.parse().map_err(|_| {
+            err(
+                "keys.algorithm",
+                format!(
+                    "{:?} is not one of ES256, EdDSA, RS256",
+                    self.keys.algorithm
+                ),
+            )
+        })?;
+        let issuer = |name: &str, raw: &RawIssuer| -> Result<IssuerConfig, ConfigError> {
+            let ttl_key = format!("issuers.{name}.token_ttl");
+            let max_key = format!("issuers.{name}.max_token_ttl");
+            let token_ttl = duration(&ttl_key, &raw.token_ttl)?;
+            let max_token_ttl = duration(&max_key, &raw.max_token_ttl)?;
+            if max_token_ttl > Duration::from_secs(24 * 3600) {
+                return Err(err(
+                    &max_key,
+                    "must be at most 24h: tokens are proof for a purpose, not a password",
+                ));
+            }
+            if token_ttl > max_token_ttl {
+                return Err(err(&ttl_key, format!("must not exceed {max_key}")));
+            }
+            Ok(IssuerConfig {
+                token_ttl,
+                max_token_ttl,
+            })
+        };
+        let policy_file = match self.policy.file.trim() {
+            "" => None,
+            f => Some(PathBuf::from(f)),
+        };
+        Ok(Config {
+            server: ServerConfig {
+                listen,
+                grpc_listen,
+                public_url,
+                max_body_bytes: positive("server.max_body_bytes", self.server.max_body_bytes)?,
+                max_token_bytes: positive("server.max_token_bytes", self.server.max_token_bytes)?,
+                trust_original_request_headers: self.server.trust_original_request_headers,
+            },
+            store: StoreConfig {
+                url: store_url,
+                max_connections: positive("store.max_connections", self.store.max_connections)?
+                    as u32,
+                schema: match self.store.schema.trim() {
+                    "" => None,
+                    s if s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                        && s.len() <= 63 =>
+                    {
+                        Some(s.to_string())
+                    }
+                    _ => {
+                        return Err(err(
+                            "store.schema",
+                            "must be letters, digits and underscores (at most 63)",
+                        ))
+                    }
+                },
+            },
+            keys: KeysConfig {
+                dir: PathBuf::from(&self.keys.dir),
+                algorithm,
+                rotation_delay: duration("keys.rotation_delay", &self.keys.rotation_delay)?,
+                reload_interval: duration("keys.reload_interval", &self.keys.reload_interval)?,
+            },
+            issuers: IssuersConfig {
+                human: issuer("human", &self.issuers.human)?,
+                service: issuer("service", &self.issuers.service)?,
+            },
+            policy: PolicyConfig {
+                file: policy_file,
+                reload_interval: duration("policy.reload_interval", &self.policy.reload_interval)?,
+            },
+            oauth: OAuthConfig {
+                assertion_max_lifetime: duration(
+                    "oauth.assertion_max_lifetime",
+                    &self.oauth.assertion_max_lifetime,
+                )?,
+                clock_skew: duration("oauth.clock_skew", &self.oauth.clock_skew)?,
+                secret_rotation_overlap: duration(
+                    "oauth.secret_rotation_overlap",
+                    &self.oauth.secret_rotation_overlap,
+                )?,
+            },
+            audit: AuditConfig {
+                batch_max: positive("audit.batch_max", self.audit.batch_max)?.min(1000),
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(file: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_sources(
+            Some(file),
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    #[test]
+    fn defaults_are_the_embedded_single_machine_setup() {
+        let c = load("", &[]).unwrap();
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.server.grpc_listen.to_string(), "127.0.0.1:9191");
+        assert_eq!(c.server.public_url, "http://127.0.0.1:8080");
+        assert_eq!(c.store.url, "sqlite://data/tessera.db");
+        assert_eq!(c.keys.algorithm, Alg::ES256);
+        assert!(c.policy.file.is_none());
+    }
+
+    #[test]
+    fn environment_overrides_file() {
+        let c = load(
+            "[store]\nurl = \"sqlite://a.db\"\n[issuers.service]\ntoken_ttl = \"2m\"",
+            &[
+                ("TESSERA_STORE_URL", "postgres://db/x"),
+                ("TESSERA_SERVER_GRPC_LISTEN", "127.0.0.1:1"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.store.url, "postgres://db/x");
+        assert_eq!(c.server.grpc_listen.to_string(), "127.0.0.1:1");
+        assert_eq!(c.issuers.service.token_ttl, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            ("[server]\nlisten = \"nowhere\"", "server.listen"),
+            ("[server]\nlistne = \"x\"", "server.listne"),
+            ("[keys]\nalgorithm = \"HS256\"", "keys.algorithm"),
+            (
+                "[issuers.human]\ntoken_ttl = \"soon\"",
+                "issuers.human.token_ttl",
+            ),
+            ("[store]\nurl = \"mysql://x\"", "store.url"),
+            (
+                "[server]\nmax_body_bytes = \"big\"",
+                "server.max_body_bytes",
+            ),
+            (
+                "[issuers.service]\ntoken_ttl = \"2h\"",
+                "issuers.service.token_ttl",
+            ),
+        ];
+        for (file, key) in cases {
+            let e = load(file, &[]).unwrap_err();
+            assert_eq!(e.key, key, "{file}: {e}");
+        }
+        let e = load("", &[("TESSERA_SERVER_MAX_BODY_BYTES", "lots")]).unwrap_err();
+        assert_eq!(e.key, "server.max_body_bytes");
+    }
+}

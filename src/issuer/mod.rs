@@ -1,0 +1,260 @@
+//! Tessera's own issuers: the **human** issuer (`{public_url}/issuers/human`)
+//! and the **service** issuer (`{public_url}/issuers/service`), each with
+//! its own key ring, and the verification of the RFC 9068 access tokens
+//! they mint. A token signed by one issuer's key never validates as the
+//! other's: the key is found by `kid` in exactly one ring, and the token's
+//! `iss` and `principal` must then agree with that ring's issuer.
+
+pub mod cache;
+pub mod claims;
+pub mod keys;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+pub use claims::{AccessClaims, Principal};
+
+use crate::config::{Config, IssuerConfig};
+use crate::jose::{Alg, JwkSet, JwsError, Unverified};
+use cache::VerifiedCache;
+use keys::KeyRing;
+
+/// JWT `typ` of access tokens (RFC 9068 §2.1).
+pub const ACCESS_TOKEN_TYP: &str = "at+jwt";
+
+/// Clock skew tolerated on `iat`/`nbf` of our own tokens, and added to the
+/// grace of retired keys.
+pub const LEEWAY: i64 = 60;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IssuerKind {
+    Human,
+    Service,
+}
+
+impl IssuerKind {
+    pub const ALL: [IssuerKind; 2] = [IssuerKind::Human, IssuerKind::Service];
+
+    /// Path segment under `/issuers/` and folder under `keys/`.
+    pub fn name(self) -> &'static str {
+        match self {
+            IssuerKind::Human => "human",
+            IssuerKind::Service => "service",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "human" => Some(IssuerKind::Human),
+            "service" => Some(IssuerKind::Service),
+            _ => None,
+        }
+    }
+}
+
+/// Why a presented access token is not valid. Display texts go into
+/// `error_description` and audit reasons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error(transparent)]
+    Jws(#[from] JwsError),
+    #[error("token type is not at+jwt")]
+    WrongType,
+    #[error("token was not issued by a Tessera issuer")]
+    WrongIssuer,
+    #[error("token has expired")]
+    Expired,
+    #[error("token is not valid yet")]
+    NotYetValid,
+    #[error("token has been revoked")]
+    Revoked,
+}
+
+impl TokenError {
+    /// Short machine-readable reason for audit records and deny bodies.
+    pub fn code(&self) -> &'static str {
+        match self {
+            TokenError::Jws(JwsError::TooLarge) => "token_too_large",
+            TokenError::Jws(JwsError::UnsupportedAlg) => "unsupported_alg",
+            TokenError::Jws(JwsError::UnknownKey) => "unknown_key",
+            TokenError::Jws(JwsError::BadSignature) => "bad_signature",
+            TokenError::Jws(_) => "malformed_token",
+            TokenError::WrongType => "wrong_token_type",
+            TokenError::WrongIssuer => "wrong_issuer",
+            TokenError::Expired => "token_expired",
+            TokenError::NotYetValid => "token_not_yet_valid",
+            TokenError::Revoked => "token_revoked",
+        }
+    }
+}
+
+/// A token whose signature, issuer, type and lifetime have been checked.
+#[derive(Debug)]
+pub struct VerifiedToken {
+    pub issuer: IssuerKind,
+    pub kid: String,
+    pub claims: AccessClaims,
+}
+
+/// One issuer: its identifier, lifetimes and key ring.
+#[derive(Debug)]
+pub struct Issuer {
+    pub kind: IssuerKind,
+    /// The `iss` value: `{public_url}/issuers/{name}`.
+    pub iss: String,
+    pub config: IssuerConfig,
+    dir: PathBuf,
+    ring: RwLock<Arc<KeyRing>>,
+}
+
+impl Issuer {
+    fn grace(&self) -> i64 {
+        self.config.max_token_ttl.as_secs() as i64 + LEEWAY
+    }
+
+    pub fn ring(&self) -> Arc<KeyRing> {
+        self.ring.read().clone()
+    }
+
+    pub fn jwks(&self, now: i64) -> JwkSet {
+        JwkSet {
+            keys: self.ring().published(now),
+        }
+    }
+
+    /// Signs `claims` with the key active at `claims.iat`.
+    pub fn mint(&self, claims: &AccessClaims) -> anyhow::Result<String> {
+        let ring = self.ring();
+        let key = ring.signing_at(claims.iat).ok_or_else(|| {
+            anyhow::anyhow!("issuer {} has no active signing key", self.kind.name())
+        })?;
+        key.signing.sign(ACCESS_TOKEN_TYP, claims)
+    }
+
+    /// Re-reads the key folder; returns whether the set of keys changed.
+    fn reload(&self) -> anyhow::Result<bool> {
+        let ring = KeyRing::from_files(keys::read_dir(&self.dir)?, self.grace())?;
+        let changed = ring.kids() != self.ring().kids();
+        if changed {
+            *self.ring.write() = Arc::new(ring);
+        }
+        Ok(changed)
+    }
+}
+
+/// Both issuers plus the verified-token cache.
+#[derive(Debug)]
+pub struct Issuers {
+    pub human: Issuer,
+    pub service: Issuer,
+    max_token_bytes: usize,
+    generation: AtomicU64,
+    cache: VerifiedCache<VerifiedToken>,
+}
+
+impl Issuers {
+    /// Loads both key rings from `keys.dir`, generating a first key for an
+    /// issuer that has none active.
+    pub fn load(config: &Config, now: i64) -> anyhow::Result<Self> {
+        let make = |kind: IssuerKind, cfg: &IssuerConfig| -> anyhow::Result<Issuer> {
+            let dir = config.keys.dir.join(kind.name());
+            keys::ensure_active(&dir, config.keys.algorithm, now)?;
+            let issuer = Issuer {
+                kind,
+                iss: format!("{}/issuers/{}", config.server.public_url, kind.name()),
+                config: cfg.clone(),
+                dir,
+                ring: RwLock::new(Arc::new(KeyRing::default())),
+            };
+            issuer.reload()?;
+            Ok(issuer)
+        };
+        Ok(Self {
+            human: make(IssuerKind::Human, &config.issuers.human)?,
+            service: make(IssuerKind::Service, &config.issuers.service)?,
+            max_token_bytes: config.server.max_token_bytes,
+            generation: AtomicU64::new(1),
+            cache: VerifiedCache::new(65_536),
+        })
+    }
+
+    pub fn get(&self, kind: IssuerKind) -> &Issuer {
+        match kind {
+            IssuerKind::Human => &self.human,
+            IssuerKind::Service => &self.service,
+        }
+    }
+
+    /// Re-reads both key folders; a change empties the verified cache.
+    pub fn reload(&self) -> anyhow::Result<()> {
+        let mut changed = false;
+        for kind in IssuerKind::ALL {
+            changed |= self.get(kind).reload()?;
+        }
+        if changed {
+            self.generation.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
+    /// Algorithms of the keys currently published, for discovery documents.
+    pub fn algorithms(&self, kind: IssuerKind) -> Vec<Alg> {
+        let mut algs: Vec<Alg> = self.get(kind).ring().keys.iter().map(|k| k.alg).collect();
+        algs.dedup();
+        algs
+    }
+
+    /// Verifies one of our own access tokens: size, shape, algorithm,
+    /// signature, issuer, `typ`, `exp` and `nbf`. Revocation is the
+    /// caller's check (see [`crate::revocation`]), made on every use.
+    pub fn verify(&self, token: &str, now: i64) -> Result<Arc<VerifiedToken>, TokenError> {
+        if token.len() > self.max_token_bytes {
+            return Err(JwsError::TooLarge.into());
+        }
+        let generation = self.generation.load(Ordering::Relaxed);
+        let digest = VerifiedCache::<VerifiedToken>::digest(token);
+        if let Some(hit) = self.cache.get(&digest, now, generation) {
+            return Ok(hit);
+        }
+        let parsed = Unverified::parse(token, self.max_token_bytes)?;
+        let typ_ok = parsed.header.typ.as_deref().is_some_and(|t| {
+            t.eq_ignore_ascii_case(ACCESS_TOKEN_TYP) || t.eq_ignore_ascii_case("application/at+jwt")
+        });
+        if !typ_ok {
+            return Err(TokenError::WrongType);
+        }
+        let kid = parsed.header.kid.as_deref().ok_or(JwsError::UnknownKey)?;
+        let (issuer, ring) = IssuerKind::ALL
+            .iter()
+            .map(|k| (self.get(*k), self.get(*k).ring()))
+            .find(|(_, ring)| ring.verifier(kid, now).is_some())
+            .ok_or(JwsError::UnknownKey)?;
+        let key = ring.verifier(kid, now).expect("found above");
+        let claims: AccessClaims = parsed.verify(&key.verifying)?;
+        let expected_principal = match issuer.kind {
+            IssuerKind::Human => Principal::Human,
+            IssuerKind::Service => Principal::Service,
+        };
+        if claims.iss != issuer.iss || claims.principal != expected_principal {
+            return Err(TokenError::WrongIssuer);
+        }
+        if claims.exp <= now {
+            return Err(TokenError::Expired);
+        }
+        if claims.nbf.unwrap_or(claims.iat) > now + LEEWAY {
+            return Err(TokenError::NotYetValid);
+        }
+        let valid_until = key.verify_until.map_or(claims.exp, |u| u.min(claims.exp));
+        let verified = Arc::new(VerifiedToken {
+            issuer: issuer.kind,
+            kid: kid.to_string(),
+            claims,
+        });
+        self.cache
+            .insert(digest, verified.clone(), valid_until, now, generation);
+        Ok(verified)
+    }
+}

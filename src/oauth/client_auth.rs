@@ -1,0 +1,347 @@
+//! Client authentication at the token, introspection and revocation
+//! endpoints: `client_secret_basic` and `client_secret_post` (RFC 6749
+//! §2.3.1) and `private_key_jwt` (RFC 7523 §2.2 and §3, OpenID Connect
+//! Core §9). A client uses exactly one method per request. Every failure is
+//! audited before the `invalid_client` answer goes out.
+
+use base64::Engine;
+use serde::Deserialize;
+
+use super::{secret, OAuthError};
+use crate::app::App;
+use crate::audit::{AuditRecord, Decision, Event, RequestMeta};
+use crate::jose::{Unverified, VerifyingKey};
+use crate::store::{Client, JtiOutcome};
+
+/// `client_assertion_type` for JWT client authentication (RFC 7523 §2.2).
+pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// The credentials a request carried, taken out of the header and form.
+#[derive(Debug, Default)]
+pub struct Presented {
+    /// `Authorization: Basic` user and password, form-decoded.
+    pub basic: Option<(String, String)>,
+    /// Set when an `Authorization: Basic` header could not be decoded.
+    pub basic_malformed: bool,
+    pub client_id: Option<String>,
+    pub client_secret: Option<String>,
+    pub assertion_type: Option<String>,
+    pub assertion: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    SecretBasic,
+    SecretPost,
+    PrivateKeyJwt,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::SecretBasic => "client_secret_basic",
+            Method::SecretPost => "client_secret_post",
+            Method::PrivateKeyJwt => "private_key_jwt",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    pub client: Client,
+    pub method: Method,
+}
+
+/// Decodes `Authorization: Basic` per RFC 6749 §2.3.1: base64 of
+/// `urlencode(id):urlencode(secret)`.
+pub fn parse_basic(value: &str) -> Option<(String, String)> {
+    let encoded = value
+        .strip_prefix("Basic ")
+        .or_else(|| value.strip_prefix("basic "))?
+        .trim();
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .ok()?;
+    let text = String::from_utf8(raw).ok()?;
+    let (id, secret) = text.split_once(':')?;
+    let decode = |s: &str| {
+        url::form_urlencoded::parse(format!("x={s}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+    };
+    Some((decode(id)?, decode(secret)?))
+}
+
+/// Unverified claims of a client assertion, read to find the client.
+#[derive(Debug, Deserialize)]
+struct AssertionClaims {
+    iss: Option<String>,
+    sub: Option<String>,
+    #[serde(default)]
+    aud: serde_json::Value,
+    exp: Option<i64>,
+    nbf: Option<i64>,
+    iat: Option<i64>,
+    jti: Option<String>,
+}
+
+/// A failure with the reason recorded in the audit log (never sent back
+/// beyond a generic description).
+struct Failure {
+    client_id: Option<String>,
+    reason: &'static str,
+}
+
+fn fail(client_id: Option<&str>, reason: &'static str) -> Failure {
+    Failure {
+        client_id: client_id.map(str::to_string),
+        reason,
+    }
+}
+
+/// Authenticates the calling client. `endpoint` is the URL being called,
+/// accepted as an assertion audience beside the token endpoint and issuer.
+pub async fn authenticate(
+    app: &App,
+    presented: Presented,
+    endpoint: &str,
+    meta: &RequestMeta,
+) -> Result<Authenticated, OAuthError> {
+    let uses_basic = presented.basic.is_some() || presented.basic_malformed;
+    let methods = [
+        uses_basic,
+        presented.client_secret.is_some(),
+        presented.assertion.is_some(),
+    ];
+    if methods.iter().filter(|m| **m).count() > 1 {
+        return Err(OAuthError::invalid_request(
+            "use exactly one client authentication method",
+        ));
+    }
+    let now = app.clock.now();
+    let result = if presented.basic_malformed {
+        Err(fail(None, "malformed_basic_header"))
+    } else if let Some((id, secret)) = &presented.basic {
+        if presented.client_id.as_deref().is_some_and(|c| c != id) {
+            return Err(OAuthError::invalid_request(
+                "client_id does not match the Authorization header",
+            ));
+        }
+        by_secret(app, id, secret, now)
+            .await
+            .map(|c| Authenticated {
+                client: c,
+                method: Method::SecretBasic,
+            })
+    } else if let Some(secret) = &presented.client_secret {
+        let Some(id) = presented.client_id.as_deref() else {
+            return Err(OAuthError::invalid_request(
+                "client_id is required with client_secret",
+            ));
+        };
+        by_secret(app, id, secret, now)
+            .await
+            .map(|c| Authenticated {
+                client: c,
+                method: Method::SecretPost,
+            })
+    } else if let Some(assertion) = &presented.assertion {
+        if presented.assertion_type.as_deref() != Some(JWT_BEARER) {
+            return Err(OAuthError::invalid_request(format!(
+                "client_assertion_type must be {JWT_BEARER}"
+            )));
+        }
+        by_assertion(
+            app,
+            assertion,
+            presented.client_id.as_deref(),
+            endpoint,
+            now,
+        )
+        .await
+        .map(|c| Authenticated {
+            client: c,
+            method: Method::PrivateKeyJwt,
+        })
+    } else {
+        Err(fail(
+            presented.client_id.as_deref(),
+            "no_client_authentication",
+        ))
+    };
+    match result {
+        Ok(ok) => Ok(ok),
+        Err(Failure {
+            reason: "store_error",
+            ..
+        }) => Err(OAuthError::TemporarilyUnavailable(
+            "client registry unavailable".into(),
+        )),
+        Err(Failure { client_id, reason }) => {
+            let mut rec = AuditRecord::new(
+                app.clock.now_millis(),
+                Event::ClientAuthentication,
+                Decision::Deny,
+                reason,
+            );
+            rec.client_id = client_id;
+            rec.route = Some(meta.route.clone());
+            meta.fill(&mut rec);
+            app.audit.record(rec).await?;
+            Err(OAuthError::InvalidClient(
+                "client authentication failed".into(),
+            ))
+        }
+    }
+}
+
+async fn load_client(app: &App, id: &str) -> Result<Client, Failure> {
+    if id.len() > 256 {
+        return Err(fail(None, "unknown_client"));
+    }
+    match app.store.get_client(id).await {
+        Ok(Some(c)) if c.disabled => Err(fail(Some(id), "client_disabled")),
+        Ok(Some(c)) => Ok(c),
+        Ok(None) => Err(fail(None, "unknown_client")),
+        Err(e) => {
+            tracing::error!(error = %e, "client lookup failed");
+            Err(fail(Some(id), "store_error"))
+        }
+    }
+}
+
+async fn by_secret(app: &App, id: &str, presented: &str, now: i64) -> Result<Client, Failure> {
+    let client = load_client(app, id).await?;
+    let stored = app.store.live_secrets(id, now).await.map_err(|e| {
+        tracing::error!(error = %e, "secret lookup failed");
+        fail(Some(id), "store_error")
+    })?;
+    if stored.is_empty() {
+        return Err(fail(Some(id), "client_has_no_secret"));
+    }
+    if !secret::matches(presented, &stored) {
+        return Err(fail(Some(id), "bad_secret"));
+    }
+    Ok(client)
+}
+
+async fn by_assertion(
+    app: &App,
+    assertion: &str,
+    form_client_id: Option<&str>,
+    endpoint: &str,
+    now: i64,
+) -> Result<Client, Failure> {
+    let cfg = &app.config;
+    let parsed = Unverified::parse(assertion, cfg.server.max_token_bytes).map_err(|e| {
+        fail(
+            form_client_id,
+            match e {
+                crate::jose::JwsError::TooLarge => "assertion_too_large",
+                crate::jose::JwsError::UnsupportedAlg => "assertion_alg_not_accepted",
+                _ => "assertion_malformed",
+            },
+        )
+    })?;
+    // An access token is not a client assertion (token confusion).
+    if parsed
+        .header
+        .typ
+        .as_deref()
+        .is_some_and(|t| t.eq_ignore_ascii_case("at+jwt"))
+    {
+        return Err(fail(form_client_id, "assertion_wrong_type"));
+    }
+    let claims: AssertionClaims = parsed
+        .claims()
+        .map_err(|_| fail(form_client_id, "assertion_malformed"))?;
+    let (Some(iss), Some(sub)) = (claims.iss.as_deref(), claims.sub.as_deref()) else {
+        return Err(fail(form_client_id, "assertion_missing_iss_or_sub"));
+    };
+    if iss != sub || form_client_id.is_some_and(|c| c != sub) {
+        return Err(fail(form_client_id, "assertion_subject_mismatch"));
+    }
+    let client = load_client(app, sub).await?;
+    let id = Some(sub);
+    let Some(jwks) = &client.jwks else {
+        return Err(fail(id, "client_has_no_keys"));
+    };
+    let verified = jwks
+        .keys
+        .iter()
+        .filter(|k| parsed.header.kid.is_none() || k.kid == parsed.header.kid)
+        .filter_map(|k| VerifyingKey::from_jwk(k).ok())
+        .filter(|k| k.alg == parsed.alg)
+        .any(|k| parsed.verify::<serde_json::Value>(&k).is_ok());
+    if !verified {
+        return Err(fail(id, "assertion_bad_signature"));
+    }
+
+    // RFC 7523 §3: audience, expiry, not-before, jti.
+    let public = &cfg.server.public_url;
+    let accepted = [
+        format!("{public}/oauth2/token"),
+        public.clone(),
+        format!("{public}/"),
+        format!("{public}/issuers/service"),
+        endpoint.to_string(),
+    ];
+    let auds: Vec<&str> = match &claims.aud {
+        serde_json::Value::String(s) => vec![s.as_str()],
+        serde_json::Value::Array(a) => a.iter().filter_map(|v| v.as_str()).collect(),
+        _ => vec![],
+    };
+    if !auds.iter().any(|a| accepted.iter().any(|ok| ok == a)) {
+        return Err(fail(id, "assertion_wrong_audience"));
+    }
+    let skew = cfg.oauth.clock_skew.as_secs() as i64;
+    let max_life = cfg.oauth.assertion_max_lifetime.as_secs() as i64;
+    let Some(exp) = claims.exp else {
+        return Err(fail(id, "assertion_missing_exp"));
+    };
+    if exp + skew <= now {
+        return Err(fail(id, "assertion_expired"));
+    }
+    if exp - now > max_life + skew {
+        return Err(fail(id, "assertion_lifetime_too_long"));
+    }
+    if claims.nbf.is_some_and(|nbf| nbf > now + skew)
+        || claims.iat.is_some_and(|iat| iat > now + skew)
+    {
+        return Err(fail(id, "assertion_not_yet_valid"));
+    }
+    if claims.iat.is_some_and(|iat| now - iat > max_life + skew) {
+        return Err(fail(id, "assertion_too_old"));
+    }
+    let Some(jti) = claims
+        .jti
+        .as_deref()
+        .filter(|j| !j.is_empty() && j.len() <= 256)
+    else {
+        return Err(fail(id, "assertion_missing_jti"));
+    };
+    match app.store.record_jti(sub, jti, exp + skew, now).await {
+        Ok(JtiOutcome::Fresh) => Ok(client),
+        Ok(JtiOutcome::Replayed) => Err(fail(id, "assertion_replayed")),
+        Err(e) => {
+            tracing::error!(error = %e, "recording assertion jti failed");
+            Err(fail(id, "store_error"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_header_is_form_decoded() {
+        let v = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("a%3Ab:s%2Bx+y")
+        );
+        assert_eq!(parse_basic(&v), Some(("a:b".into(), "s+x y".into())));
+        assert_eq!(parse_basic("Basic !!!"), None);
+        assert_eq!(parse_basic("Bearer x"), None);
+    }
+}

@@ -1,0 +1,88 @@
+//! The one error type of the OAuth endpoints, in the words of RFC 6749
+//! §5.2, RFC 7009 §2.2.1, RFC 8693 §2.2.2 and RFC 8707 §2. The HTTP layer
+//! turns it into `{"error", "error_description"}` with the right status.
+//! Descriptions never quote secrets or tokens; internal errors are logged
+//! with the request id and described to the client only as `server_error`.
+
+use std::borrow::Cow;
+
+type Text = Cow<'static, str>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OAuthError {
+    #[error("invalid_request: {0}")]
+    InvalidRequest(Text),
+    /// Client authentication failed (401).
+    #[error("invalid_client: {0}")]
+    InvalidClient(Text),
+    #[error("invalid_grant: {0}")]
+    InvalidGrant(Text),
+    #[error("unauthorized_client: {0}")]
+    UnauthorizedClient(Text),
+    #[error("unsupported_grant_type: {0}")]
+    UnsupportedGrantType(Text),
+    #[error("invalid_scope: {0}")]
+    InvalidScope(Text),
+    #[error("invalid_target: {0}")]
+    InvalidTarget(Text),
+    /// The body exceeds `server.max_body_bytes` (413).
+    #[error("invalid_request: request body is too large")]
+    PayloadTooLarge,
+    #[error("temporarily_unavailable: {0}")]
+    TemporarilyUnavailable(Text),
+    #[error("server_error")]
+    Internal(#[from] anyhow::Error),
+}
+
+impl OAuthError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            OAuthError::InvalidRequest(_) | OAuthError::PayloadTooLarge => "invalid_request",
+            OAuthError::InvalidClient(_) => "invalid_client",
+            OAuthError::InvalidGrant(_) => "invalid_grant",
+            OAuthError::UnauthorizedClient(_) => "unauthorized_client",
+            OAuthError::UnsupportedGrantType(_) => "unsupported_grant_type",
+            OAuthError::InvalidScope(_) => "invalid_scope",
+            OAuthError::InvalidTarget(_) => "invalid_target",
+            OAuthError::TemporarilyUnavailable(_) => "temporarily_unavailable",
+            OAuthError::Internal(_) => "server_error",
+        }
+    }
+
+    pub fn status(&self) -> u16 {
+        match self {
+            OAuthError::InvalidClient(_) => 401,
+            OAuthError::PayloadTooLarge => 413,
+            OAuthError::TemporarilyUnavailable(_) => 503,
+            OAuthError::Internal(_) => 500,
+            _ => 400,
+        }
+    }
+
+    pub fn description(&self) -> Cow<'_, str> {
+        match self {
+            OAuthError::InvalidRequest(d)
+            | OAuthError::InvalidClient(d)
+            | OAuthError::InvalidGrant(d)
+            | OAuthError::UnauthorizedClient(d)
+            | OAuthError::UnsupportedGrantType(d)
+            | OAuthError::InvalidScope(d)
+            | OAuthError::InvalidTarget(d)
+            | OAuthError::TemporarilyUnavailable(d) => Cow::Borrowed(d.as_ref()),
+            OAuthError::PayloadTooLarge => "request body is too large".into(),
+            OAuthError::Internal(_) => "internal error".into(),
+        }
+    }
+
+    pub fn invalid_request(d: impl Into<Text>) -> Self {
+        OAuthError::InvalidRequest(d.into())
+    }
+}
+
+impl From<crate::audit::writer::AuditError> for OAuthError {
+    fn from(e: crate::audit::writer::AuditError) -> Self {
+        // Never hand out access that could not be audited.
+        tracing::error!(error = %e, "refusing request: audit record not durable");
+        OAuthError::TemporarilyUnavailable("audit log unavailable, try again".into())
+    }
+}

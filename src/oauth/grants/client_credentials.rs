@@ -1,0 +1,142 @@
+//! The client credentials grant (RFC 6749 §4.4): a service gets a
+//! short-lived access token from the **service issuer** for itself.
+//! Requested audiences (`audience`, or RFC 8707 `resource`) and scopes must
+//! be within the client's registration; without them the client gets every
+//! audience and scope it is registered for (RFC 6749 §3.3 default).
+
+use super::{parse_resource, parse_scope, TokenResponse};
+use crate::app::App;
+use crate::audit::{AuditRecord, Decision, Event, RequestMeta};
+use crate::issuer::{AccessClaims, Principal};
+use crate::oauth::{describe_token, secret, FormParams, OAuthError};
+use crate::store::Client;
+
+#[derive(Debug)]
+pub struct Params {
+    /// `None`: the client's registered scopes.
+    pub scope: Option<Vec<String>>,
+    /// `audience` and `resource` values together.
+    pub targets: Vec<String>,
+}
+
+impl Params {
+    pub fn parse(p: &FormParams) -> Result<Self, OAuthError> {
+        let scope = p.get("scope").map(parse_scope).transpose()?;
+        let mut targets: Vec<String> = p.all("audience").into_iter().map(str::to_string).collect();
+        for r in p.all("resource") {
+            targets.push(parse_resource(r)?);
+        }
+        if targets.iter().any(|t| t.len() > 512) {
+            return Err(OAuthError::InvalidTarget("audience is too long".into()));
+        }
+        targets.dedup();
+        Ok(Self { scope, targets })
+    }
+}
+
+/// What will be issued, once checked against the registration.
+#[derive(Debug)]
+pub struct Validated {
+    pub audiences: Vec<String>,
+    pub scopes: Vec<String>,
+    pub ttl: i64,
+}
+
+pub fn validate(app: &App, client: &Client, params: Params) -> Result<Validated, OAuthError> {
+    let audiences = if params.targets.is_empty() {
+        client.audiences.clone()
+    } else {
+        if let Some(t) = params
+            .targets
+            .iter()
+            .find(|t| !client.audiences.contains(t))
+        {
+            let shown = if t.len() <= 64 { t.as_str() } else { "(value)" };
+            return Err(OAuthError::InvalidTarget(
+                format!("client may not obtain tokens for audience {shown:?}").into(),
+            ));
+        }
+        params.targets
+    };
+    if audiences.is_empty() {
+        return Err(OAuthError::InvalidTarget(
+            "client is registered for no audience".into(),
+        ));
+    }
+    let scopes = match params.scope {
+        None => client.scopes.clone(),
+        Some(asked) => {
+            if asked.iter().any(|s| !client.scopes.contains(s)) {
+                return Err(OAuthError::InvalidScope(
+                    "requested scope exceeds the client's registration".into(),
+                ));
+            }
+            asked
+        }
+    };
+    let issuer = &app.config.issuers.service;
+    let ttl = client
+        .token_ttl
+        .unwrap_or(issuer.token_ttl.as_secs() as i64)
+        .min(issuer.max_token_ttl.as_secs() as i64);
+    Ok(Validated {
+        audiences,
+        scopes,
+        ttl,
+    })
+}
+
+/// Validates, mints, and returns only after the issuance is audited.
+pub async fn handle(
+    app: &App,
+    client: &Client,
+    params: Params,
+    meta: &RequestMeta,
+) -> Result<TokenResponse, OAuthError> {
+    let mut rec = AuditRecord::new(
+        app.clock.now_millis(),
+        Event::TokenIssuance,
+        Decision::Allow,
+        "client_credentials",
+    );
+    rec.client_id = Some(client.client_id.clone());
+    rec.subject = Some(client.client_id.clone());
+    rec.principal = Some(Principal::Service.as_str().into());
+    rec.tenant = Some(client.tenant.clone());
+    meta.fill(&mut rec);
+    let validated = match validate(app, client, params) {
+        Ok(v) => v,
+        Err(e) => {
+            rec.decision = Decision::Deny.as_str().into();
+            rec.reason = format!("client_credentials refused: {}", e.code());
+            app.audit.record(rec).await?;
+            return Err(e);
+        }
+    };
+    let now = app.clock.now();
+    let issuer = &app.issuers.service;
+    let claims = AccessClaims {
+        iss: issuer.iss.clone(),
+        sub: client.client_id.clone(),
+        aud: validated.audiences,
+        exp: now + validated.ttl,
+        iat: now,
+        nbf: None,
+        jti: secret::random_id(),
+        client_id: client.client_id.clone(),
+        scope: validated.scopes.join(" "),
+        principal: Principal::Service,
+        tenant: client.tenant.clone(),
+        act: None,
+    };
+    let access_token = issuer.mint(&claims)?;
+    describe_token(&mut rec, &claims);
+    app.audit.record(rec).await?;
+    app.metrics.tokens_issued.inc();
+    Ok(TokenResponse {
+        access_token,
+        token_type: "Bearer",
+        expires_in: validated.ttl,
+        scope: claims.scope,
+    })
+}

@@ -1,0 +1,28 @@
+//! OAuth 2.0: client authentication, the grants of the token endpoint,
+//! introspection (RFC 7662) and revocation (RFC 7009), as plain functions
+//! over [`crate::app::App`]; the HTTP adapters live in [`crate::http`].
+
+pub mod client_auth;
+pub mod error;
+pub mod grants;
+pub mod introspection;
+pub mod params;
+pub mod revoke;
+pub mod secret;
+
+pub use error::OAuthError;
+pub use params::FormParams;
+
+use crate::audit::AuditRecord;
+use crate::issuer::AccessClaims;
+
+/// Copies a token's identity into an audit record.
+pub fn describe_token(rec: &mut AuditRecord, claims: &AccessClaims) {
+    rec.client_id = Some(claims.client_id.clone());
+    rec.subject = Some(claims.sub.clone());
+    rec.principal = Some(claims.principal.as_str().into());
+    rec.tenant = Some(claims.tenant.clone());
+    rec.audience = Some(claims.aud.join(" "));
+    rec.scopes = Some(claims.scope.clone());
+    rec.jti = Some(claims.jti.clone());
+}

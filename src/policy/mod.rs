@@ -1,0 +1,460 @@
+//! The route policy: which credential kinds each route accepts and what
+//! they must carry (DESIGN.md §4). A policy is an immutable snapshot parsed
+//! from TOML; its version is the SHA-256 of the file's bytes and goes into
+//! every audit record. [`decide`] is a pure function over a snapshot.
+
+pub mod watch;
+
+use serde::Deserialize;
+
+use crate::issuer::{IssuerKind, TokenError, VerifiedToken};
+
+pub use watch::PolicyHandle;
+
+/// The built-in policy text.
+pub const BUILTIN: &str = include_str!("builtin.toml");
+
+/// Credential kinds a rule can accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CredentialKind {
+    /// An access token from Tessera's service issuer.
+    Service,
+    /// An access token from Tessera's human issuer.
+    Human,
+}
+
+/// Which decisions of a rule are audited. Denials always are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditLevel {
+    #[default]
+    Deny,
+    All,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PathPattern {
+    Exact(String),
+    /// `/internal/*`: stored as `/internal/`; also matches `/internal`.
+    Prefix(String),
+}
+
+impl PathPattern {
+    fn parse(text: &str) -> Result<Self, String> {
+        if !text.starts_with('/') {
+            return Err(format!("path {text:?} must start with /"));
+        }
+        match text.find('*') {
+            None => Ok(PathPattern::Exact(text.to_string())),
+            Some(i) if i == text.len() - 1 && text.ends_with("/*") => {
+                Ok(PathPattern::Prefix(text[..i].to_string()))
+            }
+            Some(_) => Err(format!(
+                "path {text:?}: '*' is only allowed as the last segment, as in /api/*"
+            )),
+        }
+    }
+
+    fn matches(&self, path: &str) -> bool {
+        match self {
+            PathPattern::Exact(p) => path == p,
+            PathPattern::Prefix(p) => path.starts_with(p.as_str()) || path == &p[..p.len() - 1],
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleFile {
+    name: String,
+    path: String,
+    #[serde(default)]
+    methods: Vec<String>,
+    accept: Vec<CredentialKind>,
+    audience: String,
+    #[serde(default)]
+    scopes: Vec<String>,
+    #[serde(default)]
+    clients: Vec<String>,
+    #[serde(default)]
+    tenants: Vec<String>,
+    #[serde(default)]
+    audit: AuditLevel,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    #[serde(default)]
+    rule: Vec<RuleFile>,
+}
+
+/// One route rule.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub name: String,
+    path: PathPattern,
+    /// Upper-case; empty means every method.
+    pub methods: Vec<String>,
+    pub accept: Vec<CredentialKind>,
+    pub audience: String,
+    /// Every one is required.
+    pub scopes: Vec<String>,
+    /// Allow-list of `client_id`s; empty allows every client.
+    pub clients: Vec<String>,
+    /// Allow-list of tenants; empty allows every tenant.
+    pub tenants: Vec<String>,
+    pub audit: AuditLevel,
+}
+
+/// A parsed policy snapshot.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub rules: Vec<Rule>,
+    /// Hex SHA-256 of the source text.
+    pub version: String,
+}
+
+impl Policy {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let file: PolicyFile = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut rules = Vec::with_capacity(file.rule.len());
+        for r in file.rule {
+            let at = |problem: String| format!("rule {:?}: {problem}", r.name);
+            if r.name.trim().is_empty() {
+                return Err("every rule needs a name".into());
+            }
+            if r.accept.is_empty() {
+                return Err(at("accept must name at least one credential kind".into()));
+            }
+            if r.audience.trim().is_empty() {
+                return Err(at("audience must not be empty".into()));
+            }
+            let methods: Vec<String> = r.methods.iter().map(|m| m.to_ascii_uppercase()).collect();
+            if let Some(bad) = methods
+                .iter()
+                .find(|m| m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()))
+            {
+                return Err(at(format!("{bad:?} is not an HTTP method")));
+            }
+            rules.push(Rule {
+                path: PathPattern::parse(&r.path).map_err(at)?,
+                name: r.name,
+                methods,
+                accept: r.accept,
+                audience: r.audience,
+                scopes: r.scopes,
+                clients: r.clients,
+                tenants: r.tenants,
+                audit: r.audit,
+            });
+        }
+        let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+        Ok(Self {
+            rules,
+            version: hex::encode(digest.as_ref()),
+        })
+    }
+
+    pub fn builtin() -> Self {
+        Self::parse(BUILTIN).expect("built-in policy parses")
+    }
+
+    /// The first rule whose path and method match.
+    pub fn route(&self, method: &str, path: &str) -> Option<&Rule> {
+        self.rules.iter().find(|r| {
+            r.path.matches(path) && (r.methods.is_empty() || r.methods.iter().any(|m| m == method))
+        })
+    }
+}
+
+/// Why a request was denied; each maps to one status and RFC 6750 error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denial {
+    /// No rule matches: deny by default.
+    NoRoute,
+    /// Dot segments, doubled or encoded slashes: refused rather than
+    /// guessing how the upstream would read them.
+    NonCanonicalPath,
+    MissingCredential,
+    InvalidCredential(TokenError),
+    WrongKind {
+        got: &'static str,
+    },
+    WrongAudience,
+    MissingScope(String),
+    ClientNotAllowed,
+    TenantNotAllowed,
+}
+
+impl Denial {
+    /// 401 when the credential is missing or invalid, 403 otherwise.
+    pub fn status(&self) -> u16 {
+        match self {
+            Denial::MissingCredential | Denial::InvalidCredential(_) => 401,
+            _ => 403,
+        }
+    }
+
+    /// The RFC 6750 §3.1 error code (`None`: no credential was sent, so
+    /// the challenge carries no error).
+    pub fn error(&self) -> Option<&'static str> {
+        match self {
+            Denial::MissingCredential => None,
+            Denial::InvalidCredential(_) => Some("invalid_token"),
+            Denial::MissingScope(_) => Some("insufficient_scope"),
+            _ => Some("access_denied"),
+        }
+    }
+
+    /// Stable machine-readable reason for audit records and deny bodies.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Denial::NoRoute => "no_matching_rule",
+            Denial::NonCanonicalPath => "non_canonical_path",
+            Denial::MissingCredential => "missing_credential",
+            Denial::InvalidCredential(e) => e.code(),
+            Denial::WrongKind { .. } => "credential_kind_not_accepted",
+            Denial::WrongAudience => "wrong_audience",
+            Denial::MissingScope(_) => "missing_scope",
+            Denial::ClientNotAllowed => "client_not_allowed",
+            Denial::TenantNotAllowed => "tenant_not_allowed",
+        }
+    }
+
+    pub fn description(&self, rule: Option<&Rule>) -> String {
+        let rule_name = rule.map_or("-", |r| r.name.as_str());
+        match self {
+            Denial::NoRoute => "no policy rule matches this method and path".into(),
+            Denial::NonCanonicalPath => "path is not in canonical form".into(),
+            Denial::MissingCredential => "a bearer token is required".into(),
+            Denial::InvalidCredential(e) => e.to_string(),
+            Denial::WrongKind { got } => format!("rule {rule_name} does not accept {got} tokens"),
+            Denial::WrongAudience => {
+                format!(
+                    "token audience does not include {:?}",
+                    rule.map_or("", |r| r.audience.as_str())
+                )
+            }
+            Denial::MissingScope(s) => format!("scope {s:?} is required"),
+            Denial::ClientNotAllowed => format!("client is not allowed by rule {rule_name}"),
+            Denial::TenantNotAllowed => format!("tenant is not allowed by rule {rule_name}"),
+        }
+    }
+}
+
+/// Decides whether a verified (and unrevoked) token may pass `rule`.
+pub fn decide(rule: &Rule, token: &VerifiedToken) -> Result<(), Denial> {
+    let kind = match token.issuer {
+        IssuerKind::Service => CredentialKind::Service,
+        IssuerKind::Human => CredentialKind::Human,
+    };
+    if !rule.accept.contains(&kind) {
+        return Err(Denial::WrongKind {
+            got: token.claims.principal.as_str(),
+        });
+    }
+    let claims = &token.claims;
+    if !claims.aud.iter().any(|a| *a == rule.audience) {
+        return Err(Denial::WrongAudience);
+    }
+    if let Some(missing) = rule.scopes.iter().find(|s| !claims.has_scope(s)) {
+        return Err(Denial::MissingScope(missing.clone()));
+    }
+    if !rule.clients.is_empty() && !rule.clients.contains(&claims.client_id) {
+        return Err(Denial::ClientNotAllowed);
+    }
+    if !rule.tenants.is_empty() && !rule.tenants.contains(&claims.tenant) {
+        return Err(Denial::TenantNotAllowed);
+    }
+    Ok(())
+}
+
+/// Strips the query and refuses paths a proxy or upstream might resolve
+/// differently from us.
+pub fn canonical_path(raw: &str) -> Result<&str, Denial> {
+    let path = raw.split(['?', '#']).next().unwrap_or("");
+    let lower = path.to_ascii_lowercase();
+    let bad = !path.starts_with('/')
+        || path.contains("//")
+        || path.contains('\\')
+        || lower.contains("%2f")
+        || lower.contains("%5c")
+        || lower.contains("%2e")
+        || lower.contains("%00")
+        || path.split('/').any(|seg| seg == "." || seg == "..");
+    if bad {
+        Err(Denial::NonCanonicalPath)
+    } else {
+        Ok(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::issuer::{AccessClaims, Principal};
+
+    fn token(
+        issuer: IssuerKind,
+        aud: &str,
+        scope: &str,
+        client: &str,
+        tenant: &str,
+    ) -> VerifiedToken {
+        VerifiedToken {
+            issuer,
+            kid: "k".into(),
+            claims: AccessClaims {
+                iss: "i".into(),
+                sub: "s".into(),
+                aud: vec![aud.into()],
+                exp: 10,
+                iat: 0,
+                nbf: None,
+                jti: "j".into(),
+                client_id: client.into(),
+                scope: scope.into(),
+                principal: if issuer == IssuerKind::Human {
+                    Principal::Human
+                } else {
+                    Principal::Service
+                },
+                tenant: tenant.into(),
+                act: None,
+            },
+        }
+    }
+
+    #[test]
+    fn builtin_policy_table() {
+        let p = Policy::builtin();
+        let svc = token(IssuerKind::Service, "internal", "", "c", "t");
+        let human = token(IssuerKind::Human, "api", "", "c", "t");
+        let svc_api = token(IssuerKind::Service, "api", "", "c", "t");
+        let human_internal = token(IssuerKind::Human, "internal", "", "c", "t");
+        let svc_wrong_aud = token(IssuerKind::Service, "api", "", "c", "t");
+        let cases: Vec<(&str, &str, &VerifiedToken, Result<(), &str>)> = vec![
+            ("GET", "/internal/x", &svc, Ok(())),
+            ("POST", "/internal", &svc, Ok(())),
+            (
+                "GET",
+                "/internal/x",
+                &human_internal,
+                Err("credential_kind_not_accepted"),
+            ),
+            ("GET", "/api/x", &human, Ok(())),
+            (
+                "GET",
+                "/api/x",
+                &svc_api,
+                Err("credential_kind_not_accepted"),
+            ),
+            ("GET", "/api/x", &human_internal, Err("wrong_audience")),
+            ("GET", "/internal/x", &svc_wrong_aud, Err("wrong_audience")),
+        ];
+        for (method, path, tok, want) in cases {
+            let rule = p.route(method, path).unwrap();
+            assert_eq!(
+                decide(rule, tok).map_err(|d| d.code()),
+                want,
+                "{method} {path}"
+            );
+        }
+        assert!(p.route("GET", "/internalx").is_none());
+        assert!(p.route("GET", "/ui/x").is_none());
+        assert!(p.route("GET", "/").is_none());
+    }
+
+    #[test]
+    fn allow_lists_scopes_and_methods() {
+        let p = Policy::parse(
+            r#"
+            [[rule]]
+            name = "billing-write"
+            path = "/internal/billing/*"
+            methods = ["post"]
+            accept = ["service"]
+            audience = "internal"
+            scopes = ["billing:write"]
+            clients = ["c1"]
+            tenants = ["acme"]
+            audit = "all"
+            "#,
+        )
+        .unwrap();
+        let rule = p.route("POST", "/internal/billing/x").unwrap();
+        assert_eq!(rule.audit, AuditLevel::All);
+        assert!(p.route("GET", "/internal/billing/x").is_none());
+        let ok = token(
+            IssuerKind::Service,
+            "internal",
+            "billing:write other",
+            "c1",
+            "acme",
+        );
+        assert_eq!(decide(rule, &ok), Ok(()));
+        let e = |t| decide(rule, &t).unwrap_err().code();
+        assert_eq!(
+            e(token(
+                IssuerKind::Service,
+                "internal",
+                "billing:read",
+                "c1",
+                "acme"
+            )),
+            "missing_scope"
+        );
+        assert_eq!(
+            e(token(
+                IssuerKind::Service,
+                "internal",
+                "billing:write",
+                "c2",
+                "acme"
+            )),
+            "client_not_allowed"
+        );
+        assert_eq!(
+            e(token(
+                IssuerKind::Service,
+                "internal",
+                "billing:write",
+                "c1",
+                "other"
+            )),
+            "tenant_not_allowed"
+        );
+    }
+
+    #[test]
+    fn invalid_policies_are_refused() {
+        for bad in [
+            "[[rule]]\nname='a'\npath='internal'\naccept=['service']\naudience='x'",
+            "[[rule]]\nname='a'\npath='/a/*/b'\naccept=['service']\naudience='x'",
+            "[[rule]]\nname='a'\npath='/a'\naccept=[]\naudience='x'",
+            "[[rule]]\nname='a'\npath='/a'\naccept=['robot']\naudience='x'",
+            "[[rule]]\nname='a'\npath='/a'\naccept=['service']\naudience='x'\nunknown=1",
+            "[[rule]]\nname='a'\npath='/a'\naccept=['service']\naudience='x'\nmethods=['G E T']",
+        ] {
+            assert!(Policy::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn canonical_paths() {
+        assert_eq!(canonical_path("/internal/a?x=1"), Ok("/internal/a"));
+        for bad in [
+            "/api/../internal/x",
+            "/api/./x",
+            "//internal",
+            "/api/%2e%2e/internal",
+            "/a%2Fb",
+            "api",
+            "/a\\b",
+        ] {
+            assert_eq!(canonical_path(bad), Err(Denial::NonCanonicalPath), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! Starting and stopping the service: bind both listeners, run the HTTP
+//! and gRPC servers and the background tasks (key reload, policy reload,
+//! revocation sync, expiry purge), and shut down gracefully so that audit
+//! records already accepted are written before exit.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::app::{App, AppState};
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::ext_authz::grpc::AuthzService;
+
+/// A running Tessera.
+pub struct Server {
+    pub app: AppState,
+    pub http_addr: SocketAddr,
+    pub grpc_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    servers: Vec<JoinHandle<()>>,
+    background: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Builds the [`App`] and starts serving on the configured addresses
+    /// (port 0 picks a free one; see `http_addr`/`grpc_addr`).
+    pub async fn start(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        let http = TcpListener::bind(config.server.listen).await.map_err(|e| {
+            anyhow::anyhow!(
+                "configuration key `server.listen`: cannot listen on {}: {e}",
+                config.server.listen
+            )
+        })?;
+        let grpc = TcpListener::bind(config.server.grpc_listen)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "configuration key `server.grpc_listen`: cannot listen on {}: {e}",
+                    config.server.grpc_listen
+                )
+            })?;
+        let app = AppState(Arc::new(App::build(config, clock).await?));
+        let (http_addr, grpc_addr) = (http.local_addr()?, grpc.local_addr()?);
+        let (stop, stopped) = watch::channel(false);
+
+        let router = crate::router::router(app.clone());
+        let mut http_stop = stopped.clone();
+        let http_task = tokio::spawn(async move {
+            let served = axum::serve(
+                http,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move {
+                let _ = http_stop.wait_for(|s| *s).await;
+            })
+            .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        });
+        let mut grpc_stop = stopped.clone();
+        let authz = AuthzService::server(app.clone());
+        let grpc_task = tokio::spawn(async move {
+            let served = tonic::transport::Server::builder()
+                .add_service(authz)
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(grpc),
+                    async move {
+                        let _ = grpc_stop.wait_for(|s| *s).await;
+                    },
+                )
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "gRPC server failed");
+            }
+        });
+        let background = spawn_background(&app);
+        Ok(Self {
+            app,
+            http_addr,
+            grpc_addr,
+            stop,
+            servers: vec![http_task, grpc_task],
+            background,
+        })
+    }
+
+    /// Stops accepting, lets in-flight requests finish (bounded), then
+    /// stops the background tasks.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for task in self.servers {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
+        for task in self.background {
+            task.abort();
+        }
+    }
+}
+
+fn spawn_background(app: &AppState) -> Vec<JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(
+        app.revocations.clone().run_sync(app.clock.clone()),
+    ));
+    tasks.push(tokio::spawn(
+        app.policy
+            .clone()
+            .run_reload(app.config.policy.reload_interval),
+    ));
+    let keys = app.clone();
+    tasks.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(keys.config.keys.reload_interval);
+        loop {
+            tick.tick().await;
+            if let Err(e) = keys.issuers.reload() {
+                tracing::error!(error = %e, "key reload failed; keeping the keys already loaded");
+            }
+        }
+    }));
+    let purge = app.clone();
+    tasks.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            if let Err(e) = purge.store.purge_expired(purge.clock.now()).await {
+                tracing::warn!(error = %e, "purging expired assertion ids and revocations failed");
+            }
+        }
+    }));
+    tasks
+}

@@ -1,0 +1,131 @@
+//! Storage behind small traits, one per concern, each implemented for
+//! Postgres (production, many replicas) and SQLite (embedded default) in
+//! [`sql`]. A flow depends on the narrowest trait it needs; the
+//! [`Store`] trait bundles them for the [`crate::app::App`].
+
+mod sql;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::audit::{AuditRecord, StoredAudit};
+use crate::config::StoreConfig;
+use crate::jose::JwkSet;
+
+pub use sql::{PgStore, SqliteStore};
+
+/// A registered OAuth client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Client {
+    pub client_id: String,
+    pub name: String,
+    pub tenant: String,
+    pub audiences: Vec<String>,
+    pub scopes: Vec<String>,
+    /// Per-client token lifetime in seconds; the issuer's default otherwise.
+    pub token_ttl: Option<i64>,
+    /// Public keys for `private_key_jwt`.
+    pub jwks: Option<JwkSet>,
+    pub disabled: bool,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// A stored secret digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretDigest {
+    pub digest: Vec<u8>,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+}
+
+/// Result of recording an assertion `jti` (RFC 7523 §3 item 7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JtiOutcome {
+    Fresh,
+    Replayed,
+}
+
+/// A revoked token id, with its expiry so it can be forgotten afterwards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revoked {
+    pub jti: String,
+    pub expires_at: i64,
+}
+
+#[async_trait]
+pub trait ClientStore: Send + Sync {
+    /// Inserts the client and, when given, its first secret digest.
+    async fn create_client(
+        &self,
+        client: &Client,
+        secret: Option<&SecretDigest>,
+    ) -> anyhow::Result<()>;
+    async fn get_client(&self, client_id: &str) -> anyhow::Result<Option<Client>>;
+    async fn list_clients(&self) -> anyhow::Result<Vec<Client>>;
+    /// Returns false when no such client exists.
+    async fn set_disabled(&self, client_id: &str, disabled: bool, now: i64)
+        -> anyhow::Result<bool>;
+    /// Secrets that are valid at `now`.
+    async fn live_secrets(&self, client_id: &str, now: i64) -> anyhow::Result<Vec<SecretDigest>>;
+    /// Adds `new` and makes every other still-open secret expire at
+    /// `old_expires_at`, in one transaction.
+    async fn rotate_secret(
+        &self,
+        client_id: &str,
+        new: &SecretDigest,
+        old_expires_at: i64,
+    ) -> anyhow::Result<()>;
+}
+
+#[async_trait]
+pub trait ReplayStore: Send + Sync {
+    /// Records a `jti` for a client; a second use before `expires_at` is
+    /// [`JtiOutcome::Replayed`], on every replica sharing the database.
+    async fn record_jti(
+        &self,
+        client_id: &str,
+        jti: &str,
+        expires_at: i64,
+        now: i64,
+    ) -> anyhow::Result<JtiOutcome>;
+}
+
+#[async_trait]
+pub trait RevocationStore: Send + Sync {
+    async fn revoke(&self, jti: &str, expires_at: i64, now: i64) -> anyhow::Result<()>;
+    /// Revocations recorded at or after `since` that have not expired at `now`.
+    async fn revocations_since(&self, since: i64, now: i64) -> anyhow::Result<Vec<Revoked>>;
+}
+
+#[async_trait]
+pub trait AuditStore: Send + Sync {
+    /// Appends records to the hash chain in one transaction, serialized
+    /// against every other writer on the same database.
+    async fn append_audit(&self, records: &[AuditRecord]) -> anyhow::Result<()>;
+    /// Records with `seq > after`, oldest first.
+    async fn audit_page(&self, after: i64, limit: i64) -> anyhow::Result<Vec<StoredAudit>>;
+    /// The newest `limit` records, oldest first.
+    async fn audit_tail(&self, limit: i64) -> anyhow::Result<Vec<StoredAudit>>;
+    /// `seq` of the newest record as the writers last recorded it, so that
+    /// cutting records off the end of the chain is detected too.
+    async fn audit_head(&self) -> anyhow::Result<i64>;
+}
+
+#[async_trait]
+pub trait Store: ClientStore + ReplayStore + RevocationStore + AuditStore {
+    async fn ping(&self) -> anyhow::Result<()>;
+    /// Deletes expired assertion ids and revocations of expired tokens.
+    async fn purge_expired(&self, now: i64) -> anyhow::Result<()>;
+}
+
+/// Connects to `store.url`, applying pending migrations first.
+pub async fn connect(config: &StoreConfig) -> anyhow::Result<Arc<dyn Store>> {
+    if config.url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::connect(config).await?))
+    } else {
+        Ok(Arc::new(PgStore::connect(config).await?))
+    }
+}
