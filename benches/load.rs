@@ -1,1 +1,1799 @@
-fn main() {}
+//! Load benchmark: drives the release `tessera` binary on 127.0.0.1 and, in
+//! the same run, bare "ceiling" servers that do only the unavoidable work
+//! (an HTTP exchange, one ES256 signature, one ES256 verification), so every
+//! Tessera number is read against what the same machine and the same load
+//! generator can do at best. See benches/README.md.
+//!
+//! Usage (through cargo, which builds in release):
+//!   cargo bench --bench load -- [--store sqlite|postgres] [--pg-url URL]
+//!       [--seconds S] [--warmup S] [--concurrency N] [--grpc-channels N]
+//!       [--max-tokens N] [--out FILE | --no-write]
+//! Internal: `load --ceiling-server PORT` runs the bare ceiling server.
+
+use std::fmt::Write as _;
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context};
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, Method, Request, StatusCode, Uri};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD as B64};
+use base64::Engine;
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
+    HttpRequest, Request as AttrRequest,
+};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use ring::rand::SystemRandom;
+use ring::signature::{self, EcdsaKeyPair, KeyPair, UnparsedPublicKey};
+use serde::Serialize;
+use tokio::net::TcpStream;
+use tonic::transport::{Channel, Endpoint};
+
+/// A request that takes longer than this counts as an error and its
+/// connection is dropped; it also bounds how long a scenario can overrun.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest the untimed minting of first-seen tokens may take.
+const MINT_BUDGET: Duration = Duration::from_secs(120);
+const SCOPE: &str = "bench:read";
+const CHECK_PATH: &str = "/internal/bench";
+const CEILING_JSON: &str = r#"{"status":"ok","service":"ceiling","version":1}"#;
+
+// ---------------------------------------------------------------- options
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StoreKind {
+    Sqlite,
+    Postgres,
+}
+
+impl StoreKind {
+    fn name(self) -> &'static str {
+        match self {
+            StoreKind::Sqlite => "sqlite",
+            StoreKind::Postgres => "postgres",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Opts {
+    store: StoreKind,
+    pg_url: String,
+    seconds: f64,
+    warmup: f64,
+    concurrency: usize,
+    grpc_channels: usize,
+    max_tokens: usize,
+    out: Option<PathBuf>,
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T> {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .parse()
+            .map_err(|_| anyhow!("{name}={v:?} is not a valid value")),
+        _ => Ok(default),
+    }
+}
+
+fn parse_opts(args: &[String]) -> anyhow::Result<Opts> {
+    let store = match env_or("BENCH_STORE", "sqlite".to_string())?.as_str() {
+        "postgres" => StoreKind::Postgres,
+        _ => StoreKind::Sqlite,
+    };
+    let mut o = Opts {
+        store,
+        pg_url: env_or(
+            "BENCH_PG_URL",
+            "postgres://postgres@127.0.0.1:5432/test".to_string(),
+        )?,
+        seconds: env_or("BENCH_SECONDS", 5.0)?,
+        warmup: env_or("BENCH_WARMUP", 1.0)?,
+        concurrency: env_or("BENCH_CONCURRENCY", 32)?,
+        grpc_channels: env_or("BENCH_GRPC_CHANNELS", 4)?,
+        max_tokens: env_or("BENCH_MAX_TOKENS", 60_000)?,
+        out: None,
+    };
+    let mut write = true;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| anyhow!("{a} needs a value"))
+        };
+        match a.as_str() {
+            // cargo bench passes --bench to harness = false targets.
+            "--bench" => {}
+            "--store" => {
+                o.store = match val()?.as_str() {
+                    "sqlite" => StoreKind::Sqlite,
+                    "postgres" => StoreKind::Postgres,
+                    other => bail!("--store {other:?}: expected sqlite or postgres"),
+                }
+            }
+            "--pg-url" => o.pg_url = val()?,
+            "--seconds" => o.seconds = val()?.parse().context("--seconds")?,
+            "--warmup" => o.warmup = val()?.parse().context("--warmup")?,
+            "--concurrency" => o.concurrency = val()?.parse().context("--concurrency")?,
+            "--grpc-channels" => o.grpc_channels = val()?.parse().context("--grpc-channels")?,
+            "--max-tokens" => o.max_tokens = val()?.parse().context("--max-tokens")?,
+            "--out" => o.out = Some(PathBuf::from(val()?)),
+            "--no-write" => write = false,
+            other => bail!("unknown argument {other:?} (see the top of benches/load.rs)"),
+        }
+    }
+    if !(o.seconds > 0.0 && o.seconds <= 600.0) {
+        bail!("--seconds must be in (0, 600]");
+    }
+    if !(0.0..=60.0).contains(&o.warmup) {
+        bail!("--warmup must be in [0, 60]");
+    }
+    if o.concurrency == 0 || o.concurrency > 4096 {
+        bail!("--concurrency must be 1..=4096");
+    }
+    o.grpc_channels = o.grpc_channels.clamp(1, o.concurrency);
+    if write && o.out.is_none() {
+        o.out = Some(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("benches/results")
+                .join(format!("{}.md", o.store.name())),
+        );
+    }
+    if !write {
+        o.out = None;
+    }
+    Ok(o)
+}
+
+// -------------------------------------------------------- child processes
+
+/// Every child's pid, so that a signal or the watchdog can kill them all.
+static CHILDREN: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+
+fn kill_all_children() {
+    let pids = CHILDREN.lock().map(|v| v.clone()).unwrap_or_default();
+    for pid in pids {
+        // SAFETY: plain kill(2) on a pid we spawned and have not reaped.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+    }
+}
+
+/// A child process that is stopped when the guard drops, including on
+/// panic; PR_SET_PDEATHSIG covers the bench itself being killed.
+struct ChildGuard {
+    name: String,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl ChildGuard {
+    /// Must be called from the main thread: the death signal fires when
+    /// the *thread* that forked exits.
+    fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> anyhow::Result<Self> {
+        let out = File::create(&log).with_context(|| format!("create {}", log.display()))?;
+        cmd.stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out);
+        // SAFETY: prctl is async-signal-safe and touches no shared state.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {name}"))?;
+        CHILDREN.lock().unwrap().push(child.id() as i32);
+        Ok(Self {
+            name: name.to_string(),
+            child: Some(child),
+            log,
+        })
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.as_ref().map_or(0, |c| c.id() as i32)
+    }
+
+    fn exited(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let pid = child.id() as i32;
+        if child.try_wait().ok().flatten().is_none() {
+            // SIGTERM first so Tessera shuts down gracefully, then SIGKILL.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+            let until = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < until && child.try_wait().ok().flatten().is_none() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if child.try_wait().ok().flatten().is_none() {
+                eprintln!("bench: {} did not stop on SIGTERM; killing it", self.name);
+                let _ = child.kill();
+            }
+        }
+        let _ = child.wait();
+        if let Ok(mut v) = CHILDREN.lock() {
+            v.retain(|p| *p != pid);
+        }
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(StdListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Two distinct free ports.
+fn free_ports() -> anyhow::Result<(u16, u16)> {
+    let a = StdListener::bind("127.0.0.1:0")?;
+    let b = StdListener::bind("127.0.0.1:0")?;
+    Ok((a.local_addr()?.port(), b.local_addr()?.port()))
+}
+
+// ---------------------------------------------------------- HTTP plumbing
+
+async fn connect(addr: SocketAddr) -> anyhow::Result<SendRequest<Full<Bytes>>> {
+    let stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
+/// One request on a fresh connection (setup, readiness and preflight only).
+async fn http_once(
+    addr: SocketAddr,
+    req: Request<Full<Bytes>>,
+) -> anyhow::Result<(StatusCode, HeaderMap, Bytes)> {
+    tokio::time::timeout(REQUEST_TIMEOUT, async {
+        let mut s = connect(addr).await?;
+        s.ready().await?;
+        let resp = s.send_request(req).await?;
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await?.to_bytes();
+        Ok((parts.status, parts.headers, body))
+    })
+    .await
+    .map_err(|_| anyhow!("request to {addr} timed out"))?
+}
+
+/// A pre-built request; `build` only clones cheap, shared parts.
+#[derive(Clone)]
+struct Template {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Template {
+    fn new(method: Method, addr: SocketAddr, path: &'static str) -> Self {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::HOST,
+            HeaderValue::from_str(&addr.to_string()).expect("host"),
+        );
+        Self {
+            method,
+            uri: Uri::from_static(path),
+            headers,
+            body: Bytes::new(),
+        }
+    }
+
+    fn header(mut self, name: header::HeaderName, value: &str) -> Self {
+        self.headers
+            .insert(name, HeaderValue::from_str(value).expect("header value"));
+        self
+    }
+
+    fn form(mut self, body: String) -> Self {
+        self.headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-www-form-urlencoded"),
+        );
+        self.headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        self.body = Bytes::from(body);
+        self
+    }
+
+    fn build(&self) -> Request<Full<Bytes>> {
+        let mut r = Request::new(Full::new(self.body.clone()));
+        *r.method_mut() = self.method.clone();
+        *r.uri_mut() = self.uri.clone();
+        *r.headers_mut() = self.headers.clone();
+        r
+    }
+}
+
+fn basic(client_id: &str, secret: &str) -> String {
+    format!("Basic {}", STANDARD.encode(format!("{client_id}:{secret}")))
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The `access_token` of a token response, without a full JSON parse.
+fn access_token(body: &Bytes) -> Option<Bytes> {
+    const KEY: &[u8] = br#""access_token":""#;
+    let start = find(body, KEY)? + KEY.len();
+    let len = body[start..].iter().position(|b| *b == b'"')?;
+    Some(body.slice(start..start + len))
+}
+
+fn describe(status: StatusCode, body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&body[..body.len().min(300)]).to_string();
+    format!("HTTP {status}: {text}")
+}
+
+// ----------------------------------------------------------- the generator
+
+type MakeFn = Arc<dyn Fn() -> Option<Request<Full<Bytes>>> + Send + Sync>;
+/// Judges one response; `Ok(Some(token))` hands a token to the collector.
+type CheckFn =
+    Arc<dyn Fn(StatusCode, &HeaderMap, &Bytes) -> Result<Option<Bytes>, String> + Send + Sync>;
+
+#[derive(Clone, Copy)]
+struct Phase {
+    measure: Instant,
+    end: Instant,
+}
+
+impl Phase {
+    fn new(warmup: f64, seconds: f64) -> Self {
+        let measure = Instant::now() + Duration::from_secs_f64(warmup);
+        Self {
+            measure,
+            end: measure + Duration::from_secs_f64(seconds),
+        }
+    }
+}
+
+#[derive(Default)]
+struct WorkerOut {
+    ok: u64,
+    errors: u64,
+    warmup_errors: u64,
+    lat_us: Vec<u32>,
+    tokens: Vec<Bytes>,
+    first_error: Option<String>,
+    last_done: Option<Instant>,
+}
+
+impl WorkerOut {
+    fn done(&mut self, phase: &Phase, t0: Instant, t1: Instant, result: Result<(), String>) {
+        let measured = t0 >= phase.measure && t0 < phase.end;
+        match result {
+            Ok(()) if measured => self.ok += 1,
+            Ok(()) => {}
+            Err(e) => {
+                if measured {
+                    self.errors += 1;
+                } else {
+                    self.warmup_errors += 1;
+                }
+                self.first_error.get_or_insert(e);
+            }
+        }
+        if measured {
+            self.lat_us
+                .push((t1 - t0).as_micros().min(u32::MAX as u128) as u32);
+        }
+        self.last_done = Some(t1);
+    }
+}
+
+async fn http_worker(addr: SocketAddr, make: MakeFn, check: CheckFn, phase: Phase) -> WorkerOut {
+    let mut out = WorkerOut::default();
+    let mut conn: Option<SendRequest<Full<Bytes>>> = None;
+    while Instant::now() < phase.end {
+        if conn.is_none() {
+            match tokio::time::timeout(REQUEST_TIMEOUT, connect(addr)).await {
+                Ok(Ok(c)) => conn = Some(c),
+                Ok(Err(e)) => {
+                    let now = Instant::now();
+                    out.done(&phase, now, now, Err(format!("connect: {e}")));
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+                Err(_) => {
+                    let now = Instant::now();
+                    out.done(&phase, now, now, Err("connect timed out".into()));
+                    continue;
+                }
+            }
+        }
+        let Some(req) = make() else { break };
+        let sender = conn.as_mut().expect("connected above");
+        let t0 = Instant::now();
+        let res = tokio::time::timeout(REQUEST_TIMEOUT, async {
+            sender.ready().await?;
+            let resp = sender.send_request(req).await?;
+            let (parts, body) = resp.into_parts();
+            let body = body.collect().await?.to_bytes();
+            Ok::<_, hyper::Error>((parts.status, parts.headers, body))
+        })
+        .await;
+        let t1 = Instant::now();
+        let result = match res {
+            Ok(Ok((status, headers, body))) => match check(status, &headers, &body) {
+                Ok(token) => {
+                    out.tokens.extend(token);
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            },
+            Ok(Err(e)) => {
+                conn = None;
+                Err(format!("HTTP error: {e}"))
+            }
+            Err(_) => {
+                conn = None;
+                Err(format!("timed out after {REQUEST_TIMEOUT:?}"))
+            }
+        };
+        out.done(&phase, t0, t1, result);
+    }
+    out
+}
+
+async fn grpc_worker(
+    mut client: AuthorizationClient<Channel>,
+    req: CheckRequest,
+    phase: Phase,
+) -> WorkerOut {
+    let mut out = WorkerOut::default();
+    while Instant::now() < phase.end {
+        let t0 = Instant::now();
+        let res = tokio::time::timeout(REQUEST_TIMEOUT, client.check(req.clone())).await;
+        let t1 = Instant::now();
+        let result = match res {
+            Ok(Ok(resp)) => {
+                let code = resp.get_ref().status.as_ref().map(|s| s.code);
+                if code == Some(0) {
+                    Ok(())
+                } else {
+                    Err(format!("CheckResponse status {:?}", resp.get_ref().status))
+                }
+            }
+            Ok(Err(status)) => Err(format!("gRPC error: {status}")),
+            Err(_) => Err(format!("timed out after {REQUEST_TIMEOUT:?}")),
+        };
+        out.done(&phase, t0, t1, result);
+    }
+    out
+}
+
+// ------------------------------------------------------- CPU accounting
+
+#[derive(Clone, Copy)]
+struct CpuSample {
+    at: Instant,
+    server: u64,
+    generator: u64,
+    machine_busy: u64,
+    /// All `postgres` processes (0 unless the store is Postgres).
+    postgres: u64,
+}
+
+fn proc_ticks(pid: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are
+    // fields 14 and 15 of the whole line, 12 and 13 after the name.
+    let rest = text.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    n(11) + n(12)
+}
+
+fn machine_busy_ticks() -> u64 {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let line = text.lines().next().unwrap_or("");
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest is inside user).
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    total.saturating_sub(idle)
+}
+
+/// CPU ticks of every process named `postgres` (server and backends).
+fn postgres_ticks() -> u64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    dir.filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .filter(|e| {
+            std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == "postgres")
+        })
+        .map(|e| proc_ticks(&e.file_name().to_string_lossy()))
+        .sum()
+}
+
+fn cpu_sample(server_pid: i32, postgres: bool) -> CpuSample {
+    CpuSample {
+        at: Instant::now(),
+        server: proc_ticks(&server_pid.to_string()),
+        generator: proc_ticks("self"),
+        machine_busy: machine_busy_ticks(),
+        postgres: if postgres { postgres_ticks() } else { 0 },
+    }
+}
+
+/// Whole-machine CPU busy over `window`, in % of one core.
+async fn machine_busy(window: Duration) -> f64 {
+    let a = machine_busy_ticks();
+    tokio::time::sleep(window).await;
+    let b = machine_busy_ticks();
+    b.saturating_sub(a) as f64 / clk_tck() / window.as_secs_f64() * 100.0
+}
+
+/// Machine busy below this (in % of one core) counts as quiet.
+const QUIET_BUSY: f64 = 20.0;
+
+/// Waits (bounded) until other work on the machine has stopped, since
+/// anything else using the CPUs skews every number. Returns the last
+/// busy figure and how long it waited.
+async fn wait_quiet(max_wait: Duration) -> (f64, f64) {
+    let start = Instant::now();
+    let mut said = false;
+    loop {
+        let busy = machine_busy(Duration::from_secs(1)).await;
+        if busy < QUIET_BUSY || start.elapsed() >= max_wait {
+            return (busy, start.elapsed().as_secs_f64());
+        }
+        if !said {
+            eprintln!(
+                "bench: the machine is busy ({busy:.0}% of one core); waiting up to {max_wait:?} for it to quiet down"
+            );
+            said = true;
+        }
+    }
+}
+
+fn clk_tck() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+// ---------------------------------------------------------------- results
+
+#[derive(Clone, Default)]
+struct Stats {
+    name: String,
+    ok: u64,
+    errors: u64,
+    warmup_errors: u64,
+    secs: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    first_error: Option<String>,
+    /// CPU used in the measured window, in % of one core.
+    server_cpu: f64,
+    gen_cpu: f64,
+    db_cpu: f64,
+    other_cpu: f64,
+    note: Option<String>,
+}
+
+impl Stats {
+    fn rps(&self) -> f64 {
+        if self.secs > 0.0 {
+            self.ok as f64 / self.secs
+        } else {
+            0.0
+        }
+    }
+}
+
+fn summarize(
+    name: &str,
+    outs: Vec<WorkerOut>,
+    phase: &Phase,
+    cpu: (CpuSample, CpuSample),
+) -> (Stats, Vec<Bytes>) {
+    let mut lat = Vec::new();
+    let mut tokens = Vec::new();
+    let mut s = Stats {
+        name: name.to_string(),
+        ..Default::default()
+    };
+    let mut last = phase.measure;
+    for o in outs {
+        s.ok += o.ok;
+        s.errors += o.errors;
+        s.warmup_errors += o.warmup_errors;
+        lat.extend(o.lat_us);
+        tokens.extend(o.tokens);
+        if s.first_error.is_none() {
+            s.first_error = o.first_error;
+        }
+        if let Some(t) = o.last_done {
+            last = last.max(t);
+        }
+    }
+    s.secs = (last.min(phase.end).max(phase.measure) - phase.measure).as_secs_f64();
+    lat.sort_unstable();
+    let pct = |p: f64| -> f64 {
+        if lat.is_empty() {
+            return 0.0;
+        }
+        let i = ((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1;
+        lat[i] as f64 / 1000.0
+    };
+    s.p50_ms = pct(0.50);
+    s.p99_ms = pct(0.99);
+    let (a, b) = cpu;
+    let window = (b.at - a.at).as_secs_f64().max(1e-9);
+    let tck = clk_tck();
+    let pct_of = |ticks: u64| ticks as f64 / tck / window * 100.0;
+    s.server_cpu = pct_of(b.server.saturating_sub(a.server));
+    s.gen_cpu = pct_of(b.generator.saturating_sub(a.generator));
+    let busy = pct_of(b.machine_busy.saturating_sub(a.machine_busy));
+    s.db_cpu = pct_of(b.postgres.saturating_sub(a.postgres));
+    s.other_cpu = (busy - s.server_cpu - s.gen_cpu - s.db_cpu).max(0.0);
+    (s, tokens)
+}
+
+fn print_progress(s: &Stats) {
+    eprintln!(
+        "bench: {:<28} {:>9.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {}  (server CPU {:.0}%, generator {:.0}%, postgres {:.0}%, other {:.0}%)",
+        s.name,
+        s.rps(),
+        s.p50_ms,
+        s.p99_ms,
+        s.errors,
+        s.server_cpu,
+        s.gen_cpu,
+        s.db_cpu,
+        s.other_cpu
+    );
+    if let Some(e) = &s.first_error {
+        eprintln!("bench:   first error: {e}");
+    }
+}
+
+// ------------------------------------------------------------- scenarios
+
+struct Bench {
+    opts: Opts,
+}
+
+impl Bench {
+    fn phase(&self) -> Phase {
+        Phase::new(self.opts.warmup, self.opts.seconds)
+    }
+
+    /// Runs `concurrency` HTTP/1.1 keep-alive workers until the phase ends
+    /// (or `make` runs dry), returning the measured stats and any tokens
+    /// the check collected.
+    async fn http(
+        &self,
+        name: &str,
+        addr: SocketAddr,
+        server_pid: i32,
+        phase: Phase,
+        make: MakeFn,
+        check: CheckFn,
+    ) -> (Stats, Vec<Bytes>) {
+        let pg = self.opts.store == StoreKind::Postgres;
+        let sampler = tokio::spawn(async move {
+            tokio::time::sleep_until(phase.measure.into()).await;
+            tokio::task::spawn_blocking(move || cpu_sample(server_pid, pg))
+                .await
+                .expect("cpu sample")
+        });
+        let workers: Vec<_> = (0..self.opts.concurrency)
+            .map(|_| tokio::spawn(http_worker(addr, make.clone(), check.clone(), phase)))
+            .collect();
+        let mut outs = Vec::new();
+        for w in workers {
+            outs.push(w.await.expect("worker panicked"));
+        }
+        let after = cpu_sample(server_pid, pg);
+        let before = if sampler.is_finished() {
+            sampler.await.expect("sampler")
+        } else {
+            sampler.abort();
+            after
+        };
+        let (s, tokens) = summarize(name, outs, &phase, (before, after));
+        print_progress(&s);
+        (s, tokens)
+    }
+
+    async fn grpc(
+        &self,
+        name: &str,
+        addr: SocketAddr,
+        server_pid: i32,
+        req: CheckRequest,
+    ) -> anyhow::Result<Stats> {
+        let mut clients = Vec::new();
+        for _ in 0..self.opts.grpc_channels {
+            let ch = Endpoint::from_shared(format!("http://{addr}"))?
+                .tcp_nodelay(true)
+                .connect_timeout(REQUEST_TIMEOUT)
+                .connect()
+                .await
+                .context("gRPC connect")?;
+            clients.push(AuthorizationClient::new(ch));
+        }
+        let pg = self.opts.store == StoreKind::Postgres;
+        let phase = self.phase();
+        let sampler = tokio::spawn(async move {
+            tokio::time::sleep_until(phase.measure.into()).await;
+            tokio::task::spawn_blocking(move || cpu_sample(server_pid, pg))
+                .await
+                .expect("cpu sample")
+        });
+        let workers: Vec<_> = (0..self.opts.concurrency)
+            .map(|i| {
+                let c = clients[i % clients.len()].clone();
+                tokio::spawn(grpc_worker(c, req.clone(), phase))
+            })
+            .collect();
+        let mut outs = Vec::new();
+        for w in workers {
+            outs.push(w.await.expect("worker panicked"));
+        }
+        let after = cpu_sample(server_pid, pg);
+        let before = sampler.await.unwrap_or(after);
+        let (s, _) = summarize(name, outs, &phase, (before, after));
+        print_progress(&s);
+        Ok(s)
+    }
+}
+
+fn fixed(template: Template) -> MakeFn {
+    Arc::new(move || Some(template.build()))
+}
+
+fn expect_status(want: StatusCode) -> CheckFn {
+    Arc::new(move |status, _, body| {
+        if status == want {
+            Ok(None)
+        } else {
+            Err(describe(status, body))
+        }
+    })
+}
+
+fn expect_token(collect: bool) -> CheckFn {
+    Arc::new(move |status, _, body| {
+        if status != StatusCode::OK {
+            return Err(describe(status, body));
+        }
+        match access_token(body) {
+            Some(t) if t.iter().filter(|b| **b == b'.').count() == 2 => Ok(collect.then_some(t)),
+            _ => Err(format!("no access_token in {}", describe(status, body))),
+        }
+    })
+}
+
+// --------------------------------------------------------- the main run
+
+struct Tessera {
+    guard: ChildGuard,
+    http: SocketAddr,
+    grpc: SocketAddr,
+    client_id: String,
+    secret: String,
+}
+
+fn tessera_command(env: &[(String, String)], dir: &Path) -> Command {
+    let bin = std::env::var_os("BENCH_TESSERA_BIN").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_tessera")),
+        PathBuf::from,
+    );
+    let mut cmd = Command::new(bin);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("TESSERA_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.current_dir(dir).envs(env.iter().map(|(k, v)| (k, v)));
+    cmd
+}
+
+async fn wait_ready(
+    guard: &mut ChildGuard,
+    addr: SocketAddr,
+    path: &'static str,
+    limit: Duration,
+) -> anyhow::Result<()> {
+    let until = Instant::now() + limit;
+    let mut last = String::from("no answer");
+    while Instant::now() < until {
+        if let Some(status) = guard.exited() {
+            bail!(
+                "{} exited with {status} before it was ready; its log:\n{}",
+                guard.name,
+                guard.log_tail()
+            );
+        }
+        let req = Template::new(Method::GET, addr, path).build();
+        match http_once(addr, req).await {
+            Ok((s, _, _)) if s == StatusCode::OK => return Ok(()),
+            Ok((s, _, b)) => last = describe(s, &b),
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!(
+        "{} not ready on {addr}{path} within {limit:?} (last: {last}); its log:\n{}",
+        guard.name,
+        guard.log_tail()
+    )
+}
+
+async fn start_tessera(opts: &Opts, dir: &Path, schema: Option<&str>) -> anyhow::Result<Tessera> {
+    let (hp, gp) = free_ports()?;
+    let http: SocketAddr = format!("127.0.0.1:{hp}").parse()?;
+    let grpc: SocketAddr = format!("127.0.0.1:{gp}").parse()?;
+    let store_url = match opts.store {
+        StoreKind::Sqlite => format!("sqlite://{}", dir.join("t.db").display()),
+        StoreKind::Postgres => opts.pg_url.clone(),
+    };
+    let mut env: Vec<(String, String)> = vec![
+        ("TESSERA_SERVER_LISTEN".into(), http.to_string()),
+        ("TESSERA_SERVER_GRPC_LISTEN".into(), grpc.to_string()),
+        ("TESSERA_STORE_URL".into(), store_url),
+        (
+            "TESSERA_KEYS_DIR".into(),
+            dir.join("keys").display().to_string(),
+        ),
+        ("TESSERA_LOG".into(), "warn".into()),
+        ("TESSERA_ISSUERS_SERVICE_TOKEN_TTL".into(), "1h".into()),
+    ];
+    if let Some(s) = schema {
+        env.push(("TESSERA_STORE_SCHEMA".into(), s.to_string()));
+    }
+    let mut cmd = tessera_command(&env, dir);
+    cmd.arg("serve");
+    let mut guard = ChildGuard::spawn("tessera", cmd, dir.join("tessera.log"))?;
+    wait_ready(&mut guard, http, "/readyz", Duration::from_secs(60)).await?;
+    eprintln!(
+        "bench: tessera pid {} ready: HTTP {http}, gRPC {grpc}{}",
+        guard.pid(),
+        schema.map_or(String::new(), |s| format!(", schema {s}"))
+    );
+
+    let out = tessera_command(&env, dir)
+        .args([
+            "client",
+            "create",
+            "--name",
+            "bench",
+            "--tenant",
+            "acme",
+            "--audience",
+            "internal",
+            "--scope",
+            SCOPE,
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .context("tessera client create")?;
+    if !out.status.success() {
+        bail!(
+            "tessera client create failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let created: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("client create output is not JSON")?;
+    let field = |k: &str| {
+        created[k]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| anyhow!("client create output has no {k}: {created}"))
+    };
+    Ok(Tessera {
+        client_id: field("client_id")?,
+        secret: field("client_secret")?,
+        guard,
+        http,
+        grpc,
+    })
+}
+
+fn check_request(token: &str) -> CheckRequest {
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(AttrRequest {
+                http: Some(HttpRequest {
+                    method: "GET".into(),
+                    path: CHECK_PATH.into(),
+                    host: "bench.internal".into(),
+                    scheme: "http".into(),
+                    protocol: "HTTP/1.1".into(),
+                    headers: [("authorization".to_string(), format!("Bearer {token}"))]
+                        .into_iter()
+                        .collect(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+fn claims_of(token: &str) -> serde_json::Value {
+    token
+        .split('.')
+        .nth(1)
+        .and_then(|p| B64.decode(p).ok())
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+struct Results {
+    json: Stats,
+    mint: Stats,
+    verify: Stats,
+    issue: Stats,
+    cached: Stats,
+    first_seen: Stats,
+    grpc: Stats,
+    introspect: Stats,
+    token_bytes: usize,
+    minted_note: String,
+    /// Machine busy just before the run (% of one core) and the wait for it.
+    quiet: (f64, f64),
+}
+
+async fn run(opts: Opts) -> anyhow::Result<Results> {
+    let dir = tempfile::Builder::new()
+        .prefix("tessera-bench-")
+        .tempdir()?;
+    let schema = (opts.store == StoreKind::Postgres).then(|| {
+        format!(
+            "bench_{}_{}",
+            std::process::id(),
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+        )
+    });
+    let bench = Bench { opts: opts.clone() };
+    let quiet = wait_quiet(Duration::from_secs_f64(env_or("BENCH_QUIET_WAIT", 60.0)?)).await;
+
+    // The ceiling server: this same binary, in its own process.
+    let cport = free_port()?;
+    let caddr: SocketAddr = format!("127.0.0.1:{cport}").parse()?;
+    let mut ccmd = Command::new(std::env::current_exe()?);
+    ccmd.args(["--ceiling-server", &cport.to_string()]);
+    let mut ceiling = ChildGuard::spawn("ceiling server", ccmd, dir.path().join("ceiling.log"))?;
+    wait_ready(&mut ceiling, caddr, "/json", Duration::from_secs(20)).await?;
+
+    eprintln!(
+        "bench: store {}, {} s per scenario after {} s warm-up, concurrency {}, {} CPUs",
+        opts.store.name(),
+        opts.seconds,
+        opts.warmup,
+        opts.concurrency,
+        nproc()
+    );
+    let mut tessera = start_tessera(&opts, dir.path(), schema.as_deref()).await?;
+    let result = async {
+        let t = &tessera;
+        let tpid = t.guard.pid();
+        let cpid = ceiling.pid();
+        let auth = basic(&t.client_id, &t.secret);
+
+        // ---- preflight: one of each, checked in full.
+        let token_req = Template::new(Method::POST, t.http, "/oauth2/token")
+            .header(header::AUTHORIZATION, &auth)
+            .form(format!(
+                "grant_type=client_credentials&scope={}",
+                SCOPE.replace(':', "%3A")
+            ));
+        let (s, _, body) = http_once(t.http, token_req.build()).await?;
+        let resp: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|_| anyhow!("token endpoint: {}", describe(s, &body)))?;
+        let token = match resp["access_token"].as_str() {
+            Some(tok) if s == StatusCode::OK => tok.to_string(),
+            _ => bail!("token endpoint: {}", describe(s, &body)),
+        };
+        let claims = claims_of(&token);
+        eprintln!("bench: Tessera token ({} bytes) claims: {claims}", token.len());
+        if claims["aud"] != "internal" || claims["scope"] != SCOPE {
+            bail!("unexpected token claims: {claims}");
+        }
+        let bearer = format!("Bearer {token}");
+        let check_tpl = Template::new(Method::GET, t.http, "/ext_authz/internal/bench")
+            .header(header::AUTHORIZATION, &bearer);
+        let (s, h, body) = http_once(t.http, check_tpl.build()).await?;
+        if s != StatusCode::OK || h.get("x-tessera-client-id").is_none() {
+            bail!("ext_authz preflight: {} {h:?}", describe(s, &body));
+        }
+        let intro_tpl = Template::new(Method::POST, t.http, "/oauth2/introspect")
+            .header(header::AUTHORIZATION, &auth)
+            .form(format!("token={token}"));
+        let (s, _, body) = http_once(t.http, intro_tpl.build()).await?;
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        if s != StatusCode::OK || v["active"] != true || v["client_id"] != t.client_id.as_str() {
+            bail!("introspection preflight: {}", describe(s, &body));
+        }
+        let grpc_req = check_request(&token);
+        let mut gc = AuthorizationClient::new(
+            Endpoint::from_shared(format!("http://{}", t.grpc))?
+                .connect()
+                .await?,
+        );
+        let r = gc.check(grpc_req.clone()).await?.into_inner();
+        if r.status.as_ref().map(|s| s.code) != Some(0) {
+            bail!("gRPC preflight: {r:?}");
+        }
+        drop(gc);
+
+        // ---- ceilings.
+        let (json, _) = bench
+            .http(
+                "bare JSON ceiling",
+                caddr,
+                cpid,
+                bench.phase(),
+                fixed(Template::new(Method::GET, caddr, "/json")),
+                Arc::new(|status, _, body: &Bytes| {
+                    if status == StatusCode::OK && body.as_ref() == CEILING_JSON.as_bytes() {
+                        Ok(None)
+                    } else {
+                        Err(describe(status, body))
+                    }
+                }),
+            )
+            .await;
+        // Same request shape as Tessera's token request.
+        let mint_tpl = Template::new(Method::POST, caddr, "/mint")
+            .header(header::AUTHORIZATION, &auth)
+            .form(format!(
+                "grant_type=client_credentials&scope={}",
+                SCOPE.replace(':', "%3A")
+            ));
+        let (mint, _) = bench
+            .http(
+                "bare ES256 mint ceiling",
+                caddr,
+                cpid,
+                bench.phase(),
+                fixed(mint_tpl.clone()),
+                expect_token(false),
+            )
+            .await;
+        let (s, _, body) = http_once(caddr, mint_tpl.build()).await?;
+        let ceiling_token = access_token(&body)
+            .ok_or_else(|| anyhow!("ceiling /mint: {}", describe(s, &body)))?;
+        let ceiling_token = String::from_utf8(ceiling_token.to_vec())?;
+        eprintln!(
+            "bench: ceiling token ({} bytes) claims: {}",
+            ceiling_token.len(),
+            claims_of(&ceiling_token)
+        );
+        let (verify, _) = bench
+            .http(
+                "bare ES256 verify ceiling",
+                caddr,
+                cpid,
+                bench.phase(),
+                fixed(
+                    Template::new(Method::GET, caddr, "/verify")
+                        .header(header::AUTHORIZATION, &format!("Bearer {ceiling_token}")),
+                ),
+                expect_status(StatusCode::OK),
+            )
+            .await;
+
+        // ---- Tessera: issuance (tokens kept for the first-seen run).
+        let (issue, mut tokens) = bench
+            .http(
+                "client_credentials",
+                t.http,
+                tpid,
+                bench.phase(),
+                fixed(token_req.clone()),
+                expect_token(true),
+            )
+            .await;
+
+        // Enough fresh tokens for the first-seen run at the bare verify rate.
+        let want = ((verify.rps() * (opts.warmup + opts.seconds) * 1.15).ceil() as usize)
+            .clamp(1000, opts.max_tokens.max(1000));
+        let minted_note = if tokens.len() < want {
+            let missing = want - tokens.len();
+            let left = Arc::new(AtomicUsize::new(missing));
+            let tpl = token_req.clone();
+            let make: MakeFn = Arc::new(move || {
+                left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                    .ok()
+                    .map(|_| tpl.build())
+            });
+            let started = Instant::now();
+            let phase = Phase {
+                measure: Instant::now(),
+                end: Instant::now() + MINT_BUDGET,
+            };
+            eprintln!("bench: minting {missing} more tokens for the first-seen run (untimed)");
+            let (m, more) = bench
+                .http("(minting first-seen tokens)", t.http, tpid, phase, make, expect_token(true))
+                .await;
+            tokens.extend(more);
+            format!(
+                "{} tokens for the first-seen run: {} from the client_credentials run, {} minted before it in {:.1} s ({} errors)",
+                tokens.len(),
+                tokens.len() - m.ok as usize,
+                m.ok,
+                started.elapsed().as_secs_f64(),
+                m.errors
+            )
+        } else {
+            format!(
+                "{} tokens for the first-seen run, all from the client_credentials run",
+                tokens.len()
+            )
+        };
+        tokens.truncate(opts.max_tokens.max(want));
+        let bearers: Arc<Vec<HeaderValue>> = Arc::new(
+            tokens
+                .iter()
+                .map(|t| {
+                    let mut v = Vec::with_capacity(t.len() + 7);
+                    v.extend_from_slice(b"Bearer ");
+                    v.extend_from_slice(t);
+                    HeaderValue::from_maybe_shared(Bytes::from(v)).expect("token header")
+                })
+                .collect(),
+        );
+        drop(tokens);
+
+        let (cached, _) = bench
+            .http(
+                "ext_authz HTTP cached",
+                t.http,
+                tpid,
+                bench.phase(),
+                fixed(check_tpl.clone()),
+                expect_status(StatusCode::OK),
+            )
+            .await;
+
+        let next = Arc::new(AtomicUsize::new(0));
+        let first_tpl = Template::new(Method::GET, t.http, "/ext_authz/internal/bench");
+        let (list, idx) = (bearers.clone(), next.clone());
+        let make: MakeFn = Arc::new(move || {
+            let v = list.get(idx.fetch_add(1, Ordering::Relaxed))?.clone();
+            let mut r = first_tpl.build();
+            r.headers_mut().insert(header::AUTHORIZATION, v);
+            Some(r)
+        });
+        let (mut first_seen, _) = bench
+            .http(
+                "ext_authz HTTP first-seen",
+                t.http,
+                tpid,
+                bench.phase(),
+                make,
+                expect_status(StatusCode::OK),
+            )
+            .await;
+        if next.load(Ordering::Relaxed) >= bearers.len() {
+            first_seen.note = Some(format!(
+                "ran out of its {} pre-minted tokens after {:.1} s of the {} s window (raise BENCH_MAX_TOKENS)",
+                bearers.len(),
+                first_seen.secs,
+                opts.seconds
+            ));
+        }
+
+        let grpc = bench.grpc("ext_authz gRPC", t.grpc, tpid, grpc_req).await?;
+
+        let (introspect, _) = bench
+            .http(
+                "introspection",
+                t.http,
+                tpid,
+                bench.phase(),
+                fixed(intro_tpl),
+                Arc::new(|status, _, body: &Bytes| {
+                    if status == StatusCode::OK && find(body, br#""active":true"#).is_some() {
+                        Ok(None)
+                    } else {
+                        Err(describe(status, body))
+                    }
+                }),
+            )
+            .await;
+
+        Ok(Results {
+            json,
+            mint,
+            verify,
+            issue,
+            cached,
+            first_seen,
+            grpc,
+            introspect,
+            token_bytes: token.len(),
+            minted_note,
+            quiet,
+        })
+    }
+    .await;
+
+    if let Some(status) = tessera.guard.exited() {
+        eprintln!(
+            "bench: tessera exited during the run ({status}); its log:\n{}",
+            tessera.guard.log_tail()
+        );
+    } else if result.is_err() {
+        eprintln!("bench: tessera log (tail):\n{}", tessera.guard.log_tail());
+    }
+    drop(tessera);
+    drop(ceiling);
+    if let Some(schema) = schema {
+        if std::env::var("BENCH_KEEP_SCHEMA").is_err() {
+            if let Err(e) = drop_schema(&opts.pg_url, &schema).await {
+                eprintln!("bench: could not drop schema {schema}: {e:#}");
+            }
+        }
+    }
+    result
+}
+
+async fn drop_schema(url: &str, schema: &str) -> anyhow::Result<()> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(url).await?;
+    sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+        .execute(&mut conn)
+        .await?;
+    conn.close().await?;
+    Ok(())
+}
+
+// ----------------------------------------------------------------- report
+
+fn nproc() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+fn git_describe() -> String {
+    let dir = env!("CARGO_MANIFEST_DIR");
+    let run = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    match run(&["rev-parse", "--short", "HEAD"]) {
+        Some(rev) => {
+            let dirty = run(&["status", "--porcelain", "--untracked-files=no"])
+                .is_some_and(|s| !s.is_empty());
+            if dirty {
+                format!("{rev} (with uncommitted changes)")
+            } else {
+                rev
+            }
+        }
+        None => "unknown".into(),
+    }
+}
+
+struct Target {
+    /// Throughput as a fraction of the ceiling's.
+    min_ratio: f64,
+    /// p99 at most this many times the ceiling's.
+    max_p99: Option<f64>,
+}
+
+fn report(opts: &Opts, r: &Results) -> String {
+    let mut md = String::new();
+    let _ = writeln!(md, "# Tessera load benchmark: {}\n", opts.store.name());
+    let _ = writeln!(
+        md,
+        "- when: {} · commit {}",
+        humantime::format_rfc3339_seconds(SystemTime::now()),
+        git_describe()
+    );
+    let _ = writeln!(
+        md,
+        "- machine: nproc = {} ({}); the load generator, Tessera, the ceiling server{} share these CPUs",
+        nproc(),
+        cpu_model(),
+        if opts.store == StoreKind::Postgres {
+            " and Postgres"
+        } else {
+            ""
+        }
+    );
+    let (busy, waited) = r.quiet;
+    let _ = writeln!(
+        md,
+        "- machine load just before the run: {busy:.0}% of one core busy{}{}",
+        if waited >= 1.5 {
+            format!(" (after waiting {waited:.0} s for other work to finish)")
+        } else {
+            String::new()
+        },
+        if busy >= QUIET_BUSY {
+            " — **not quiet**: other processes competed for the CPUs; see the \"other CPU\" column"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(
+        md,
+        "- load: concurrency {} (HTTP: {} keep-alive HTTP/1.1 connections, one request in flight each; gRPC: {} tasks over {} HTTP/2 channels), {} s measured per scenario after {} s warm-up, all on 127.0.0.1",
+        opts.concurrency, opts.concurrency, opts.concurrency, opts.grpc_channels, opts.seconds, opts.warmup
+    );
+    let _ = writeln!(
+        md,
+        "- store: {} · Tessera token {} bytes (ES256, TTL 1h) · command: `benches/run.sh` (`cargo bench --bench load -- --store {} --seconds {} --concurrency {}`)\n",
+        match opts.store {
+            StoreKind::Sqlite => "SQLite (file in a temp dir)".to_string(),
+            StoreKind::Postgres => "Postgres 127.0.0.1:5432, fresh schema".to_string(),
+        },
+        r.token_bytes,
+        opts.store.name(),
+        opts.seconds,
+        opts.concurrency
+    );
+    let _ = writeln!(
+        md,
+        "| scenario | req/s | p50 ms | p99 ms | errors | vs ceiling | target | met |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---|---|---|");
+    let rows: [(&Stats, Option<(&Stats, &str, Target)>); 8] = [
+        (&r.json, None),
+        (&r.mint, None),
+        (&r.verify, None),
+        (
+            &r.issue,
+            Some((
+                &r.mint,
+                "bare mint",
+                Target {
+                    min_ratio: 0.5,
+                    max_p99: None,
+                },
+            )),
+        ),
+        (
+            &r.cached,
+            Some((
+                &r.json,
+                "bare JSON",
+                Target {
+                    min_ratio: 0.5,
+                    max_p99: Some(2.0),
+                },
+            )),
+        ),
+        (
+            &r.first_seen,
+            Some((
+                &r.verify,
+                "bare verify",
+                Target {
+                    min_ratio: 0.7,
+                    max_p99: None,
+                },
+            )),
+        ),
+        (
+            &r.grpc,
+            Some((
+                &r.json,
+                "bare JSON",
+                Target {
+                    min_ratio: 0.5,
+                    max_p99: Some(2.0),
+                },
+            )),
+        ),
+        (
+            &r.introspect,
+            Some((
+                &r.json,
+                "bare JSON",
+                Target {
+                    min_ratio: 0.0,
+                    max_p99: None,
+                },
+            )),
+        ),
+    ];
+    for (s, vs) in &rows {
+        let (ratio, target, met) = match vs {
+            None => ("—".to_string(), "—".to_string(), "".to_string()),
+            Some((c, cname, t)) => {
+                let ratio = s.rps() / c.rps().max(1e-9);
+                let p99x = s.p99_ms / c.p99_ms.max(1e-9);
+                let text = format!("{:.0}% of {cname} req/s, p99 {:.2}×", ratio * 100.0, p99x);
+                if t.min_ratio == 0.0 {
+                    (text, "none (reported)".to_string(), "".to_string())
+                } else {
+                    let mut target = format!("≥ {:.0}% req/s", t.min_ratio * 100.0);
+                    let mut ok = ratio >= t.min_ratio;
+                    if let Some(m) = t.max_p99 {
+                        let _ = write!(target, ", p99 ≤ {m:.0}×");
+                        ok &= p99x <= m;
+                    }
+                    ok &= s.errors == 0;
+                    (text, target, if ok { "yes" } else { "**no**" }.to_string())
+                }
+            }
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {:.0} | {:.2} | {:.2} | {} | {} | {} | {} |",
+            s.name,
+            s.rps(),
+            s.p50_ms,
+            s.p99_ms,
+            s.errors,
+            ratio,
+            target,
+            met
+        );
+    }
+    let pg = opts.store == StoreKind::Postgres;
+    let _ = writeln!(
+        md,
+        "\nCPU used during each measured window, in % of one core (nproc = {} so {}% is the whole machine). \"server\" is the process answering (the ceiling server or Tessera){}; \"other\" is everything else on the machine, i.e. unrelated load:\n",
+        nproc(),
+        nproc() * 100,
+        if pg { ", \"Postgres\" all postgres processes" } else { " and includes SQLite, which runs inside it" }
+    );
+    if pg {
+        let _ = writeln!(md, "| scenario | server CPU % | server µs/req | Postgres CPU % | Postgres µs/req | generator CPU % | other CPU % |");
+        let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|");
+    } else {
+        let _ = writeln!(
+            md,
+            "| scenario | server CPU % | server µs/req | generator CPU % | other CPU % |"
+        );
+        let _ = writeln!(md, "|---|---:|---:|---:|---:|");
+    }
+    for (s, _) in &rows {
+        let per_req = |pct: f64| {
+            if s.ok == 0 {
+                0.0
+            } else {
+                pct / 100.0 * s.secs / s.ok as f64 * 1e6
+            }
+        };
+        let db = if pg {
+            format!(" {:.0} | {:.0} |", s.db_cpu, per_req(s.db_cpu))
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {:.0} | {:.0} |{db} {:.0} | {:.0} |",
+            s.name,
+            s.server_cpu,
+            per_req(s.server_cpu),
+            s.gen_cpu,
+            s.other_cpu
+        );
+    }
+    let _ = writeln!(md, "\nNotes:\n");
+    let _ = writeln!(md, "- {}.", r.minted_note);
+    for (s, _) in &rows {
+        if let Some(n) = &s.note {
+            let _ = writeln!(md, "- {}: {n}.", s.name);
+        }
+        if s.errors > 0 || s.warmup_errors > 0 {
+            let _ = writeln!(
+                md,
+                "- {}: {} errors ({} during warm-up); first: `{}`",
+                s.name,
+                s.errors,
+                s.warmup_errors,
+                s.first_error.as_deref().unwrap_or("-").replace('`', "'")
+            );
+        }
+    }
+    md
+}
+
+// ------------------------------------------------------ the ceiling server
+
+#[derive(Serialize)]
+struct CeilingClaims<'a> {
+    iss: &'a str,
+    sub: &'a str,
+    aud: &'a str,
+    exp: i64,
+    iat: i64,
+    jti: String,
+    client_id: &'a str,
+    scope: &'a str,
+    principal: &'a str,
+    tenant: &'a str,
+}
+
+#[derive(Serialize)]
+struct CeilingHeader<'a> {
+    alg: &'a str,
+    typ: &'a str,
+    kid: &'a str,
+}
+
+#[derive(Serialize)]
+struct TokenResponse {
+    access_token: String,
+    token_type: &'static str,
+    expires_in: i64,
+    scope: &'static str,
+}
+
+struct Ceiling {
+    key: EcdsaKeyPair,
+    public: Vec<u8>,
+    rng: SystemRandom,
+    iss: String,
+    kid: String,
+    client_id: String,
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+async fn ceiling_json() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], CEILING_JSON)
+}
+
+/// One ES256 signature over claims shaped like Tessera's.
+async fn ceiling_mint(State(c): State<Arc<Ceiling>>, _body: Bytes) -> impl IntoResponse {
+    let now = unix_now();
+    let header = CeilingHeader {
+        alg: "ES256",
+        typ: "at+jwt",
+        kid: &c.kid,
+    };
+    let claims = CeilingClaims {
+        iss: &c.iss,
+        sub: &c.client_id,
+        aud: "internal",
+        exp: now + 3600,
+        iat: now,
+        jti: uuid::Uuid::new_v4().to_string(),
+        client_id: &c.client_id,
+        scope: SCOPE,
+        principal: "service",
+        tenant: "acme",
+    };
+    let mut token = B64.encode(serde_json::to_vec(&header).expect("json"));
+    token.push('.');
+    token.push_str(&B64.encode(serde_json::to_vec(&claims).expect("json")));
+    let sig = c.key.sign(&c.rng, token.as_bytes()).expect("sign");
+    token.push('.');
+    token.push_str(&B64.encode(sig.as_ref()));
+    (
+        [(header::CACHE_CONTROL, "no-store")],
+        Json(TokenResponse {
+            access_token: token,
+            token_type: "Bearer",
+            expires_in: 3600,
+            scope: SCOPE,
+        }),
+    )
+}
+
+/// One ES256 verification of the presented token (no cache).
+async fn ceiling_verify(State(c): State<Arc<Ceiling>>, headers: HeaderMap) -> StatusCode {
+    let verified = (|| -> Option<()> {
+        let token = headers
+            .get(header::AUTHORIZATION)?
+            .to_str()
+            .ok()?
+            .strip_prefix("Bearer ")?;
+        let mut parts = token.split('.');
+        let (h, p, s) = (parts.next()?, parts.next()?, parts.next()?);
+        let header: serde_json::Value = serde_json::from_slice(&B64.decode(h).ok()?).ok()?;
+        if header["alg"] != "ES256" {
+            return None;
+        }
+        let sig = B64.decode(s).ok()?;
+        UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, &c.public)
+            .verify(&token.as_bytes()[..h.len() + 1 + p.len()], &sig)
+            .ok()?;
+        let claims: serde_json::Value = serde_json::from_slice(&B64.decode(p).ok()?).ok()?;
+        (claims["exp"].as_i64()? > unix_now()).then_some(())
+    })();
+    match verified {
+        Some(()) => StatusCode::OK,
+        None => StatusCode::UNAUTHORIZED,
+    }
+}
+
+fn ceiling_server(port: u16) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let rng = SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+            .map_err(|_| anyhow!("keygen"))?;
+        let key = EcdsaKeyPair::from_pkcs8(
+            &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            pkcs8.as_ref(),
+            &rng,
+        )
+        .map_err(|_| anyhow!("key"))?;
+        let state = Arc::new(Ceiling {
+            public: key.public_key().as_ref().to_vec(),
+            key,
+            rng,
+            iss: format!("http://127.0.0.1:{port}/issuers/service"),
+            kid: B64
+                .encode(&ring::digest::digest(&ring::digest::SHA256, b"ceiling").as_ref()[..16]),
+            client_id: uuid::Uuid::new_v4().to_string(),
+        });
+        let app = Router::new()
+            .route("/json", get(ceiling_json))
+            .route("/mint", post(ceiling_mint))
+            .route("/verify", get(ceiling_verify))
+            .with_state(state);
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+        axum::serve(listener, app).await?;
+        Ok(())
+    })
+}
+
+// ------------------------------------------------------------------- main
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(i) = args.iter().position(|a| a == "--ceiling-server") {
+        let port = args
+            .get(i + 1)
+            .and_then(|p| p.parse().ok())
+            .expect("--ceiling-server PORT");
+        if let Err(e) = ceiling_server(port) {
+            eprintln!("ceiling server: {e:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    let opts = match parse_opts(&args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("bench: {e:#}");
+            std::process::exit(2);
+        }
+    };
+
+    // Watchdog: the whole run is bounded even if something hangs.
+    let per = opts.warmup + opts.seconds + REQUEST_TIMEOUT.as_secs_f64() + 5.0;
+    let quiet_wait: f64 = env_or("BENCH_QUIET_WAIT", 60.0).unwrap_or(60.0);
+    let budget =
+        Duration::from_secs_f64(120.0 + quiet_wait + 8.0 * per + MINT_BUDGET.as_secs_f64());
+    std::thread::spawn(move || {
+        std::thread::sleep(budget);
+        eprintln!("bench: watchdog: the run took longer than {budget:?}; stopping");
+        kill_all_children();
+        std::process::exit(3);
+    });
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let code = rt.block_on(async {
+        tokio::spawn(async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("signal");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {},
+                _ = term.recv() => {},
+            }
+            eprintln!("bench: interrupted; stopping the servers");
+            kill_all_children();
+            std::process::exit(130);
+        });
+        let started = Instant::now();
+        match run(opts.clone()).await {
+            Ok(results) => {
+                let md = report(&opts, &results);
+                println!("\n{md}");
+                if let Some(out) = &opts.out {
+                    if let Some(parent) = out.parent() {
+                        let _ = std::fs::create_dir_all(parent);
+                    }
+                    match std::fs::write(out, &md) {
+                        Ok(()) => eprintln!("bench: wrote {}", out.display()),
+                        Err(e) => {
+                            eprintln!("bench: cannot write {}: {e}", out.display());
+                            return 1;
+                        }
+                    }
+                }
+                eprintln!("bench: done in {:.0} s", started.elapsed().as_secs_f64());
+                0
+            }
+            Err(e) => {
+                eprintln!("bench: failed: {e:#}");
+                1
+            }
+        }
+    });
+    drop(rt);
+    std::process::exit(code);
+}

@@ -14,10 +14,9 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::issuer::keys;
 use crate::issuer::{IssuerKind, LEEWAY};
-use crate::jose::{JwkSet, VerifyingKey};
-use crate::oauth::grants::parse_scope;
-use crate::oauth::secret;
-use crate::store::{Client, SecretDigest, Store};
+use crate::jose::JwkSet;
+use crate::registry::{self, NewClient};
+use crate::store::{Client, Store};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -143,13 +142,6 @@ fn parse_duration(flag: &str, text: &str) -> anyhow::Result<Duration> {
     Ok(d)
 }
 
-fn check_label(flag: &str, value: &str) -> anyhow::Result<()> {
-    if value.trim().is_empty() || value.len() > 128 || value.chars().any(char::is_control) {
-        bail!("{flag} must be 1 to 128 printable characters");
-    }
-    Ok(())
-}
-
 pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     let config = Config::load(cli.config.as_deref())?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
@@ -240,67 +232,17 @@ async fn client(
 ) -> anyhow::Result<i32> {
     let now = clock.now();
     match cmd {
-        ClientCommand::Create {
-            name,
-            tenant,
-            audiences,
-            scopes,
-            ttl,
-            jwks,
-        } => {
-            check_label("--name", &name)?;
-            check_label("--tenant", &tenant)?;
-            for a in &audiences {
-                check_label("--audience", a)?;
-            }
-            let scopes = parse_scope(&scopes.join(" "))
-                .map_err(|_| anyhow::anyhow!("--scope values must be RFC 6749 scope tokens"))?;
-            let token_ttl = match ttl {
-                None => None,
-                Some(t) => {
-                    let d = parse_duration("--ttl", &t)?;
-                    if d > config.issuers.service.max_token_ttl {
-                        bail!("--ttl must not exceed issuers.service.max_token_ttl");
-                    }
-                    Some(d.as_secs() as i64)
-                }
-            };
+        ClientCommand::Create { name, tenant, audiences, scopes, ttl, jwks } => {
+            let token_ttl = ttl.map(|t| parse_duration("--ttl", &t).map(|d| d.as_secs() as i64)).transpose()?;
             let jwks = match jwks {
                 None => None,
                 Some(path) => {
-                    let text = std::fs::read_to_string(&path)
-                        .with_context(|| format!("cannot read {}", path.display()))?;
-                    let set: JwkSet = serde_json::from_str(&text)
-                        .with_context(|| format!("{} is not a JWK Set", path.display()))?;
-                    if set.keys.is_empty() {
-                        bail!("{} has no keys", path.display());
-                    }
-                    for k in &set.keys {
-                        VerifyingKey::from_jwk(k)
-                            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-                    }
-                    Some(set)
+                    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+                    Some(serde_json::from_str::<JwkSet>(&text).with_context(|| format!("{} is not a JWK Set", path.display()))?)
                 }
             };
-            let client = Client {
-                client_id: uuid::Uuid::new_v4().to_string(),
-                name,
-                tenant,
-                audiences,
-                scopes,
-                token_ttl,
-                jwks,
-                disabled: false,
-                created_at: now,
-                updated_at: now,
-            };
-            let secret = client.jwks.is_none().then(secret::generate);
-            let digest = secret.as_ref().map(|s| SecretDigest {
-                digest: secret::digest(s),
-                created_at: now,
-                expires_at: None,
-            });
-            store.create_client(&client, digest.as_ref()).await?;
+            let new = NewClient { name, tenant, audiences, scopes, token_ttl, jwks };
+            let (client, secret) = registry::create_client(store, config, new, now).await?;
             let mut out = client_json(&client);
             if let Some(s) = secret {
                 out["client_secret"] = json!(s);
@@ -346,33 +288,13 @@ async fn client(
             Ok(0)
         }
         ClientCommand::RotateSecret { client_id, overlap } => {
-            let client = store
-                .get_client(&client_id)
-                .await?
-                .with_context(|| format!("no client {client_id:?}"))?;
-            if client.jwks.is_some() {
-                bail!("client {client_id:?} authenticates with private_key_jwt; it has no secret to rotate");
-            }
+            let client = store.get_client(&client_id).await?.with_context(|| format!("no client {client_id:?}"))?;
             let overlap = match overlap {
                 Some(o) => parse_duration("--overlap", &o)?,
                 None => config.oauth.secret_rotation_overlap,
             };
-            let new = secret::generate();
-            let old_expires_at = now + overlap.as_secs() as i64;
-            store
-                .rotate_secret(
-                    &client_id,
-                    &SecretDigest {
-                        digest: secret::digest(&new),
-                        created_at: now,
-                        expires_at: None,
-                    },
-                    old_expires_at,
-                )
-                .await?;
-            print(
-                json!({"client_id": client_id, "client_secret": new, "previous_secret_expires_at": old_expires_at}),
-            );
+            let (secret, old_expires_at) = registry::rotate_secret(store, &client, overlap.as_secs() as i64, now).await?;
+            print(json!({"client_id": client_id, "client_secret": secret, "previous_secret_expires_at": old_expires_at}));
             Ok(0)
         }
     }

@@ -16,6 +16,7 @@ pub mod jose;
 pub mod metrics;
 pub mod oauth;
 pub mod policy;
+pub mod registry;
 pub mod revocation;
 pub mod router;
 pub mod server;

@@ -1,11 +1,14 @@
 //! Revoked token ids, held in memory on every replica so that a check
 //! never waits on the database, and kept in step with the shared store by
 //! a poll every 250 ms (well inside the one-second promise). The poll
-//! re-reads a 60-second window rather than following a cursor: sequence
-//! numbers can commit out of order on Postgres, a time window cannot miss
-//! a row that committed late.
+//! re-reads everything revoked since 60 seconds before the last successful
+//! poll rather than following a cursor: sequence numbers can commit out of
+//! order on Postgres, and the overlap absorbs late commits and clock
+//! differences between replicas; after a store outage the window simply
+//! reaches back to before it.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,8 +22,10 @@ const WINDOW_SECS: i64 = 60;
 
 pub struct Revocations {
     store: Arc<dyn RevocationStore>,
-    /// jti → token expiry.
+        /// jti → token expiry.
     revoked: RwLock<HashMap<String, i64>>,
+    /// When the last successful poll started.
+    synced_at: AtomicI64,
 }
 
 impl std::fmt::Debug for Revocations {
@@ -36,10 +41,7 @@ impl Revocations {
     pub async fn load(store: Arc<dyn RevocationStore>, now: i64) -> anyhow::Result<Self> {
         let all = store.revocations_since(i64::MIN, now).await?;
         let revoked = all.into_iter().map(|r| (r.jti, r.expires_at)).collect();
-        Ok(Self {
-            store,
-            revoked: RwLock::new(revoked),
-        })
+        Ok(Self { store, revoked: RwLock::new(revoked), synced_at: AtomicI64::new(now) })
     }
 
     pub fn is_revoked(&self, jti: &str) -> bool {
@@ -56,7 +58,9 @@ impl Revocations {
 
     /// One poll: merge recent revocations and forget expired ones.
     pub async fn sync(&self, now: i64) -> anyhow::Result<()> {
-        let recent = self.store.revocations_since(now - WINDOW_SECS, now).await?;
+        let since = self.synced_at.load(Ordering::Relaxed).min(now) - WINDOW_SECS;
+        let recent = self.store.revocations_since(since, now).await?;
+        self.synced_at.store(now, Ordering::Relaxed);
         let mut set = self.revoked.write();
         for r in recent {
             set.insert(r.jti, r.expires_at);

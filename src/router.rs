@@ -22,6 +22,7 @@ pub fn router(app: AppState) -> Router {
         .route("/issuers/{issuer}/.well-known/openid-configuration", get(discovery::openid_configuration))
         .route("/issuers/{issuer}/jwks.json", get(discovery::jwks))
         .route(ext_authz::http::PREFIX, any(ext_authz::http::handle))
+        .route(&format!("{}/", ext_authz::http::PREFIX), any(ext_authz::http::handle))
         .route(&format!("{}/{{*path}}", ext_authz::http::PREFIX), any(ext_authz::http::handle))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

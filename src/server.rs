@@ -44,8 +44,13 @@ impl Server {
                     config.server.grpc_listen
                 )
             })?;
-        let app = AppState(Arc::new(App::build(config, clock).await?));
         let (http_addr, grpc_addr) = (http.local_addr()?, grpc.local_addr()?);
+        let mut config = config;
+        if config.server.listen.port() == 0 && config.server.public_url == format!("http://{}", config.server.listen) {
+            // An ephemeral port (tests): publish the address actually bound.
+            config.server.public_url = format!("http://{http_addr}");
+        }
+        let app = AppState(Arc::new(App::build(config, clock).await?));
         let (stop, stopped) = watch::channel(false);
 
         let router = crate::router::router(app.clone());

@@ -507,7 +507,15 @@ impl Raw {
             keys: KeysConfig {
                 dir: PathBuf::from(&self.keys.dir),
                 algorithm,
-                rotation_delay: duration("keys.rotation_delay", &self.keys.rotation_delay)?,
+                rotation_delay: {
+                    let d = duration("keys.rotation_delay", &self.keys.rotation_delay)?;
+                    // Verifiers may cache the JWKS for JWKS_MAX_AGE; a next key
+                    // must be in every cache before it signs.
+                    if d.as_secs() < 2 * crate::http::discovery::JWKS_MAX_AGE {
+                        return Err(err("keys.rotation_delay", "must be at least 10m (twice the JWKS cache lifetime)"));
+                    }
+                    d
+                },
                 reload_interval: duration("keys.reload_interval", &self.keys.reload_interval)?,
             },
             issuers: IssuersConfig {

@@ -150,7 +150,8 @@ pub async fn check(app: &App, req: CheckRequest<'_>) -> CheckResponse {
             }
             let description = denial.description(rule);
             let mut challenge = String::from("Bearer realm=\"tessera\"");
-            if let Some(error) = denial.error() {
+            let is_route_refusal = matches!(denial, Denial::NoRoute | Denial::NonCanonicalPath);
+            if let Some(error) = denial.error().filter(|_| !is_route_refusal) {
                 challenge.push_str(&format!(
                     ", error=\"{error}\", error_description=\"{}\"",
                     quote_safe(&description)
@@ -161,7 +162,8 @@ pub async fn check(app: &App, req: CheckRequest<'_>) -> CheckResponse {
             }
             CheckResponse::Deny {
                 status: denial.status(),
-                www_authenticate: Some(challenge),
+                // A refused route is not a token problem: no bearer challenge.
+                www_authenticate: (!is_route_refusal).then_some(challenge),
                 body: json!({
                     "error": denial.error().unwrap_or("invalid_request"),
                     "error_description": description,

@@ -74,7 +74,7 @@ pub async fn openid_configuration(
     let issuer = app.issuers.get(kind);
     let algs: Vec<&str> = app
         .issuers
-        .algorithms(kind)
+        .algorithms(kind, app.clock.now())
         .iter()
         .map(|a| a.as_str())
         .collect();

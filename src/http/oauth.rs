@@ -11,7 +11,7 @@ use super::error::no_store;
 use super::form::{presented_credentials, OAuthForm};
 use super::meta;
 use crate::app::AppState;
-use crate::oauth::grants::{client_credentials, Grant};
+use crate::oauth::grants;
 use crate::oauth::{client_auth, introspection, revoke, OAuthError};
 
 pub async fn token(
@@ -24,11 +24,7 @@ pub async fn token(
     let presented = presented_credentials(&headers, &mut params);
     let endpoint = format!("{}/oauth2/token", app.config.server.public_url);
     let client = client_auth::authenticate(&app, presented, &endpoint, &meta).await?;
-    let response = match Grant::parse(&params)? {
-        Grant::ClientCredentials(p) => {
-            client_credentials::handle(&app, &client.client, p, &meta).await?
-        }
-    };
+    let response = grants::handle(&app, &client.client, &params, &meta).await?;
     Ok(no_store(response))
 }
 

@@ -201,9 +201,13 @@ impl Issuers {
     }
 
     /// Algorithms of the keys currently published, for discovery documents.
-    pub fn algorithms(&self, kind: IssuerKind) -> Vec<Alg> {
-        let mut algs: Vec<Alg> = self.get(kind).ring().keys.iter().map(|k| k.alg).collect();
-        algs.dedup();
+    pub fn algorithms(&self, kind: IssuerKind, now: i64) -> Vec<Alg> {
+        let mut algs: Vec<Alg> = Vec::new();
+        for key in self.get(kind).ring().keys.iter().filter(|k| k.is_published(now)) {
+            if !algs.contains(&key.alg) {
+                algs.push(key.alg);
+            }
+        }
         algs
     }
 

@@ -55,10 +55,11 @@ pub struct Authenticated {
 /// Decodes `Authorization: Basic` per RFC 6749 §2.3.1: base64 of
 /// `urlencode(id):urlencode(secret)`.
 pub fn parse_basic(value: &str) -> Option<(String, String)> {
-    let encoded = value
-        .strip_prefix("Basic ")
-        .or_else(|| value.strip_prefix("basic "))?
-        .trim();
+    let (scheme, encoded) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let encoded = encoded.trim();
     let raw = base64::engine::general_purpose::STANDARD
         .decode(encoded)
         .ok()?;
@@ -108,10 +109,11 @@ pub async fn authenticate(
     meta: &RequestMeta,
 ) -> Result<Authenticated, OAuthError> {
     let uses_basic = presented.basic.is_some() || presented.basic_malformed;
+    let uses_assertion = presented.assertion.is_some() || presented.assertion_type.is_some();
     let methods = [
         uses_basic,
         presented.client_secret.is_some(),
-        presented.assertion.is_some(),
+        uses_assertion,
     ];
     if methods.iter().filter(|m| **m).count() > 1 {
         return Err(OAuthError::invalid_request(
@@ -145,7 +147,10 @@ pub async fn authenticate(
                 client: c,
                 method: Method::SecretPost,
             })
-    } else if let Some(assertion) = &presented.assertion {
+    } else if uses_assertion {
+        let Some(assertion) = &presented.assertion else {
+            return Err(OAuthError::invalid_request("client_assertion is required with client_assertion_type"));
+        };
         if presented.assertion_type.as_deref() != Some(JWT_BEARER) {
             return Err(OAuthError::invalid_request(format!(
                 "client_assertion_type must be {JWT_BEARER}"
@@ -342,6 +347,8 @@ mod tests {
         );
         assert_eq!(parse_basic(&v), Some(("a:b".into(), "s+x y".into())));
         assert_eq!(parse_basic("Basic !!!"), None);
+        let upper = format!("BASIC {}", base64::engine::general_purpose::STANDARD.encode("a:b"));
+        assert_eq!(parse_basic(&upper), Some(("a".into(), "b".into())));
         assert_eq!(parse_basic("Bearer x"), None);
     }
 }

@@ -197,14 +197,17 @@ impl Denial {
         }
     }
 
-    /// The RFC 6750 §3.1 error code (`None`: no credential was sent, so
+    /// The error code: RFC 6750 §3.1 for token problems, `access_denied`
+    /// when the route itself is refused (`None`: no credential was sent, so
     /// the challenge carries no error).
     pub fn error(&self) -> Option<&'static str> {
         match self {
             Denial::MissingCredential => None,
             Denial::InvalidCredential(_) => Some("invalid_token"),
-            Denial::MissingScope(_) => Some("insufficient_scope"),
-            _ => Some("access_denied"),
+            Denial::NoRoute | Denial::NonCanonicalPath => Some("access_denied"),
+            // RFC 6750 §3.1 has no closer code for a valid token that this
+            // route does not accept; `reason` in the body says which check failed.
+            _ => Some("insufficient_scope"),
         }
     }
 

@@ -6,7 +6,7 @@
 
 use super::{parse_resource, parse_scope, TokenResponse};
 use crate::app::App;
-use crate::audit::{AuditRecord, Decision, Event, RequestMeta};
+use crate::audit::AuditRecord;
 use crate::issuer::{AccessClaims, Principal};
 use crate::oauth::{describe_token, secret, FormParams, OAuthError};
 use crate::store::Client;
@@ -87,32 +87,9 @@ pub fn validate(app: &App, client: &Client, params: Params) -> Result<Validated,
 }
 
 /// Validates, mints, and returns only after the issuance is audited.
-pub async fn handle(
-    app: &App,
-    client: &Client,
-    params: Params,
-    meta: &RequestMeta,
-) -> Result<TokenResponse, OAuthError> {
-    let mut rec = AuditRecord::new(
-        app.clock.now_millis(),
-        Event::TokenIssuance,
-        Decision::Allow,
-        "client_credentials",
-    );
-    rec.client_id = Some(client.client_id.clone());
-    rec.subject = Some(client.client_id.clone());
-    rec.principal = Some(Principal::Service.as_str().into());
-    rec.tenant = Some(client.tenant.clone());
-    meta.fill(&mut rec);
-    let validated = match validate(app, client, params) {
-        Ok(v) => v,
-        Err(e) => {
-            rec.decision = Decision::Deny.as_str().into();
-            rec.reason = format!("client_credentials refused: {}", e.code());
-            app.audit.record(rec).await?;
-            return Err(e);
-        }
-    };
+/// `rec` is the issuance record [`super::handle`] started.
+pub async fn handle(app: &App, client: &Client, params: Params, mut rec: AuditRecord) -> Result<TokenResponse, OAuthError> {
+    let validated = validate(app, client, params)?;
     let now = app.clock.now();
     let issuer = &app.issuers.service;
     let claims = AccessClaims {
@@ -131,12 +108,8 @@ pub async fn handle(
     };
     let access_token = issuer.mint(&claims)?;
     describe_token(&mut rec, &claims);
+    rec.reason = "client_credentials".into();
     app.audit.record(rec).await?;
     app.metrics.tokens_issued.inc();
-    Ok(TokenResponse {
-        access_token,
-        token_type: "Bearer",
-        expires_in: validated.ttl,
-        scope: claims.scope,
-    })
+    Ok(TokenResponse { access_token, token_type: "Bearer", expires_in: validated.ttl, scope: claims.scope })
 }

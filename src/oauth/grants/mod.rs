@@ -7,6 +7,9 @@ pub mod client_credentials;
 use serde::Serialize;
 
 use super::{FormParams, OAuthError};
+use crate::app::App;
+use crate::audit::{AuditRecord, Decision, Event, RequestMeta};
+use crate::store::Client;
 
 /// A closed set of supported grants.
 #[derive(Debug)]
@@ -32,6 +35,32 @@ impl Grant {
                 .into(),
             )),
         }
+    }
+}
+
+/// Runs the requested grant for an authenticated client. Every outcome,
+/// issued or refused, is audited before the answer goes out.
+pub async fn handle(app: &App, client: &Client, params: &FormParams, meta: &RequestMeta) -> Result<TokenResponse, OAuthError> {
+    let mut rec = AuditRecord::new(app.clock.now_millis(), Event::TokenIssuance, Decision::Allow, "");
+    rec.client_id = Some(client.client_id.clone());
+    rec.tenant = Some(client.tenant.clone());
+    meta.fill(&mut rec);
+    let refused = rec.clone();
+    let result = match Grant::parse(params) {
+        Ok(Grant::ClientCredentials(p)) => client_credentials::handle(app, client, p, rec).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        // Not answered by a refusal record: the audit log itself failed.
+        Err(e @ OAuthError::TemporarilyUnavailable(_)) => Err(e),
+        Err(e) => {
+            let mut rec = refused;
+            rec.decision = Decision::Deny.as_str().into();
+            rec.reason = format!("{}: {}", e.code(), e.description());
+            app.audit.record(rec).await?;
+            Err(e)
+        }
+        ok => ok,
     }
 }
 

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Load benchmark: runs benches/load.rs against the release `tessera` binary
+# on SQLite and, when a Postgres is reachable on 127.0.0.1:5432, on Postgres
+# (in a fresh schema that is dropped afterwards). Results are printed and
+# written to benches/results/<store>.md. See benches/README.md.
+#
+#   benches/run.sh                      # both stores, 5 s per scenario, 32 connections
+#   BENCH_SECONDS=10 BENCH_CONCURRENCY=64 benches/run.sh
+#   BENCH_STORES=sqlite benches/run.sh  # one store only
+#   benches/run.sh --no-write           # extra arguments go to the bench
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/tessera-target}"
+seconds="${BENCH_SECONDS:-5}"
+concurrency="${BENCH_CONCURRENCY:-32}"
+stores="${BENCH_STORES:-sqlite postgres}"
+pg_url="${BENCH_PG_URL:-postgres://postgres@127.0.0.1:5432/test}"
+
+pg_ready() {
+    if command -v pg_isready >/dev/null; then
+        pg_isready -q -h 127.0.0.1 -p 5432
+    else
+        (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null
+    fi
+}
+
+# Makes Postgres reachable if it is installed but stopped; returns 1 if not.
+ensure_postgres() {
+    pg_ready && return 0
+    if command -v pg_ctlcluster >/dev/null && [ -d /etc/postgresql ]; then
+        local version
+        version="$(ls /etc/postgresql | sort -V | tail -n 1)"
+        echo "run.sh: starting Postgres $version" >&2
+        pg_ctlcluster --skip-systemctl-redirect "$version" main start >&2 || true
+        for _ in $(seq 1 40); do
+            pg_ready && break
+            sleep 0.5
+        done
+    fi
+    pg_ready || return 1
+    if command -v psql >/dev/null && [ "$pg_url" = "postgres://postgres@127.0.0.1:5432/test" ]; then
+        if ! psql -h 127.0.0.1 -U postgres -d postgres -Atc \
+            "SELECT 1 FROM pg_database WHERE datname = 'test'" | grep -q 1; then
+            psql -h 127.0.0.1 -U postgres -d postgres -c "CREATE DATABASE test" >&2
+        fi
+    fi
+}
+
+# Build once up front (release), so that build time never overlaps a run.
+cargo bench --bench load --no-run
+
+status=0
+for store in $stores; do
+    case "$store" in
+        sqlite) ;;
+        postgres)
+            if ! ensure_postgres; then
+                echo "run.sh: Postgres is not reachable on 127.0.0.1:5432; skipping the Postgres run" >&2
+                continue
+            fi
+            ;;
+        *)
+            echo "run.sh: unknown store $store (expected sqlite or postgres)" >&2
+            status=1
+            continue
+            ;;
+    esac
+    echo "run.sh: === $store ===" >&2
+    if ! cargo bench --bench load -- --store "$store" --pg-url "$pg_url" \
+        --seconds "$seconds" --concurrency "$concurrency" "$@"; then
+        echo "run.sh: the $store run failed" >&2
+        status=1
+    fi
+done
+exit "$status"

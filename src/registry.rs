@@ -1,0 +1,91 @@
+//! Registering clients: the checks and secret handling shared by the CLI
+//! and any later admin API.
+
+use anyhow::bail;
+
+use crate::config::Config;
+use crate::jose::{JwkSet, VerifyingKey};
+use crate::oauth::grants::parse_scope;
+use crate::oauth::secret;
+use crate::store::{Client, ClientStore, SecretDigest};
+
+/// What an operator asks for.
+#[derive(Debug, Clone, Default)]
+pub struct NewClient {
+    pub name: String,
+    pub tenant: String,
+    pub audiences: Vec<String>,
+    pub scopes: Vec<String>,
+    /// Seconds; `None` uses the service issuer's `token_ttl`.
+    pub token_ttl: Option<i64>,
+    /// Public keys: the client then uses private_key_jwt and gets no secret.
+    pub jwks: Option<JwkSet>,
+}
+
+fn check_label(what: &str, value: &str) -> anyhow::Result<()> {
+    if value.trim().is_empty() || value.len() > 128 || value.chars().any(char::is_control) {
+        bail!("{what} must be 1 to 128 printable characters");
+    }
+    Ok(())
+}
+
+/// Validates and stores a client; returns it with its secret (the only
+/// time the secret exists outside the caller's hands).
+pub async fn create_client(
+    store: &dyn ClientStore,
+    config: &Config,
+    new: NewClient,
+    now: i64,
+) -> anyhow::Result<(Client, Option<String>)> {
+    check_label("name", &new.name)?;
+    check_label("tenant", &new.tenant)?;
+    if new.audiences.is_empty() {
+        bail!("at least one audience is required");
+    }
+    for a in &new.audiences {
+        check_label("audience", a)?;
+    }
+    let scopes = parse_scope(&new.scopes.join(" ")).map_err(|_| anyhow::anyhow!("scopes must be RFC 6749 scope tokens"))?;
+    if let Some(ttl) = new.token_ttl {
+        if ttl <= 0 || ttl > config.issuers.service.max_token_ttl.as_secs() as i64 {
+            bail!("ttl must be positive and at most issuers.service.max_token_ttl");
+        }
+    }
+    if let Some(set) = &new.jwks {
+        if set.keys.is_empty() {
+            bail!("the JWK Set has no keys");
+        }
+        for k in &set.keys {
+            VerifyingKey::from_jwk(k).map_err(|e| anyhow::anyhow!("JWK Set: {e}"))?;
+        }
+    }
+    let client = Client {
+        client_id: uuid::Uuid::new_v4().to_string(),
+        name: new.name,
+        tenant: new.tenant,
+        audiences: new.audiences,
+        scopes,
+        token_ttl: new.token_ttl,
+        jwks: new.jwks,
+        disabled: false,
+        created_at: now,
+        updated_at: now,
+    };
+    let secret = client.jwks.is_none().then(secret::generate);
+    let digest = secret.as_ref().map(|s| SecretDigest { digest: secret::digest(s), created_at: now, expires_at: None });
+    store.create_client(&client, digest.as_ref()).await?;
+    Ok((client, secret))
+}
+
+/// Issues a new secret; the previous ones stay valid for `overlap` seconds.
+pub async fn rotate_secret(store: &dyn ClientStore, client: &Client, overlap: i64, now: i64) -> anyhow::Result<(String, i64)> {
+    if client.jwks.is_some() {
+        bail!("client {:?} authenticates with private_key_jwt; it has no secret to rotate", client.client_id);
+    }
+    let new = secret::generate();
+    let old_expires_at = now + overlap;
+    store
+        .rotate_secret(&client.client_id, &SecretDigest { digest: secret::digest(&new), created_at: now, expires_at: None }, old_expires_at)
+        .await?;
+    Ok((new, old_expires_at))
+}

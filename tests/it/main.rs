@@ -1,0 +1,18 @@
+//! The integration suite: one binary, a module per area, each test on its
+//! own server and store. Runs on SQLite by default and on Postgres with
+//! `TESSERA_TEST_STORE=postgres`.
+
+mod harness;
+
+mod audit;
+mod cli;
+mod discovery;
+mod ext_authz_grpc;
+mod ext_authz_http;
+mod introspect_revoke;
+mod keys;
+mod nginx;
+mod openapi;
+mod private_key_jwt;
+mod replicas;
+mod token;
