@@ -111,7 +111,7 @@ impl<'a> Unverified<'a> {
         else {
             return Err(JwsError::Malformed);
         };
-        if h.is_empty() || p.is_empty() || s.is_empty() {
+        if h.is_empty() || p.is_empty() {
             return Err(JwsError::Malformed);
         }
         let header_json = B64.decode(h).map_err(|_| JwsError::Malformed)?;
@@ -120,6 +120,11 @@ impl<'a> Unverified<'a> {
         let alg: Alg = header.alg.parse().map_err(|_| JwsError::UnsupportedAlg)?;
         if header.crit.is_some() {
             return Err(JwsError::Critical);
+        }
+        // Checked after the algorithm, so `alg: none` (empty signature) is
+        // reported as what it is.
+        if s.is_empty() {
+            return Err(JwsError::Malformed);
         }
         let signature = B64.decode(s).map_err(|_| JwsError::Malformed)?;
         Ok(Self {
