@@ -83,59 +83,54 @@ fn quote_safe(text: &str) -> String {
 
 pub async fn check(app: &App, req: CheckRequest<'_>) -> CheckResponse {
     let policy = app.policy.current();
-    let now = app.clock.now();
     let method = req.method.to_ascii_uppercase();
-    let route = format!("{method} {}", req.path.split('?').next().unwrap_or(""));
-    let meta = RequestMeta {
-        request_id: req.request_id.clone(),
-        peer: req.peer.clone(),
-        route: route.chars().take(1024).collect(),
-    };
-    let mut rec = AuditRecord::new(app.clock.now_millis(), Event::ExtAuthz, Decision::Deny, "");
-    rec.policy_version = Some(policy.version.clone());
-    meta.fill(&mut rec);
-
-    let rule = canonical_path(req.path)
-        .ok()
-        .and_then(|p| policy.route(&method, p));
-    let outcome = match (canonical_path(req.path), rule) {
+    let path = canonical_path(req.path);
+    let rule = path.as_ref().ok().and_then(|p| policy.route(&method, p));
+    // The token, once verified, is kept for the audit record even when the
+    // rule then refuses it.
+    let mut token = None;
+    let outcome = match (path, rule) {
         (Err(d), _) => Err(d),
         (Ok(_), None) => Err(Denial::NoRoute),
         (Ok(_), Some(rule)) => match bearer(req.authorization) {
             Ok(None) => Err(Denial::MissingCredential),
-            Err(()) => Err(Denial::InvalidCredential(
-                crate::jose::JwsError::Malformed.into(),
-            )),
-            Ok(Some(token)) => match check_token(app, token, now) {
+            Err(()) => Err(Denial::InvalidCredential(crate::jose::JwsError::Malformed.into())),
+            Ok(Some(raw)) => match check_token(app, raw, app.clock.now()) {
                 Err(e) => Err(Denial::InvalidCredential(e)),
                 Ok(verified) => {
-                    describe_token(&mut rec, &verified.claims);
-                    decide(rule, &verified).map(|()| verified)
+                    let verified = token.insert(verified);
+                    decide(rule, verified).map(|()| verified.clone())
                 }
             },
         },
     };
     let rule_name = rule.map_or("-", |r| r.name.as_str());
+    // The audit record is only built when it will be written: the allow
+    // path without `audit = "all"` stays allocation-light.
+    let record = |decision: Decision, reason: String| {
+        let mut rec = AuditRecord::new(app.clock.now_millis(), Event::ExtAuthz, decision, reason);
+        rec.policy_version = Some(policy.version.clone());
+        if let Some(t) = &token {
+            describe_token(&mut rec, &t.claims);
+        }
+        let route = format!("{method} {}", req.path.split('?').next().unwrap_or(""));
+        let meta = RequestMeta { request_id: req.request_id.clone(), peer: req.peer.clone(), route: route.chars().take(1024).collect() };
+        meta.fill(&mut rec);
+        rec
+    };
     match outcome {
         Ok(verified) => {
             app.metrics.authz_allowed.inc();
-            if rule.is_some_and(|r| r.audit == AuditLevel::All) {
-                rec.decision = Decision::Allow.as_str().into();
-                rec.reason = format!("allowed by rule {rule_name}");
-                if app.audit.record(rec).await.is_err() {
-                    return unavailable();
-                }
+            if rule.is_some_and(|r| r.audit == AuditLevel::All)
+                && app.audit.record(record(Decision::Allow, format!("allowed by rule {rule_name}"))).await.is_err()
+            {
+                return unavailable();
             }
             let c = &verified.claims;
             let mut headers: Vec<(String, String)> = UPSTREAM_HEADERS
                 .iter()
-                .zip([
-                    &c.sub,
-                    &c.principal.as_str().to_string(),
-                    &c.tenant,
-                    &c.client_id,
-                ])
-                .map(|(k, v)| (k.to_string(), v.clone()))
+                .zip([c.sub.as_str(), c.principal.as_str(), c.tenant.as_str(), c.client_id.as_str()])
+                .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect();
             if let Some(auth) = req.authorization {
                 headers.push(("authorization".into(), auth.to_string()));
@@ -144,18 +139,14 @@ pub async fn check(app: &App, req: CheckRequest<'_>) -> CheckResponse {
         }
         Err(denial) => {
             app.metrics.authz_denied.inc();
-            rec.reason = format!("{} (rule {rule_name})", denial.code());
-            if app.audit.record(rec).await.is_err() {
+            if app.audit.record(record(Decision::Deny, format!("{} (rule {rule_name})", denial.code()))).await.is_err() {
                 return unavailable();
             }
             let description = denial.description(rule);
             let mut challenge = String::from("Bearer realm=\"tessera\"");
             let is_route_refusal = matches!(denial, Denial::NoRoute | Denial::NonCanonicalPath);
             if let Some(error) = denial.error().filter(|_| !is_route_refusal) {
-                challenge.push_str(&format!(
-                    ", error=\"{error}\", error_description=\"{}\"",
-                    quote_safe(&description)
-                ));
+                challenge.push_str(&format!(", error=\"{error}\", error_description=\"{}\"", quote_safe(&description)));
             }
             if let Denial::MissingScope(scope) = &denial {
                 challenge.push_str(&format!(", scope=\"{}\"", quote_safe(scope)));
