@@ -17,7 +17,7 @@ pub const ENV_PREFIX: &str = "TESSERA_";
 /// The file layout as written by operators: plain strings, numbers and
 /// booleans, so that the env overlay and the error messages stay simple.
 /// [`Config`] is the checked form the rest of the crate uses.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 struct Raw {
     server: RawServer,
@@ -157,20 +157,6 @@ impl Default for RawOAuth {
 impl Default for RawAudit {
     fn default() -> Self {
         Self { batch_max: 256 }
-    }
-}
-
-impl Default for Raw {
-    fn default() -> Self {
-        Self {
-            server: RawServer::default(),
-            store: RawStore::default(),
-            keys: RawKeys::default(),
-            issuers: RawIssuers::default(),
-            policy: RawPolicy::default(),
-            oauth: RawOAuth::default(),
-            audit: RawAudit::default(),
-        }
     }
 }
 

@@ -56,13 +56,14 @@ pub async fn authorization_server(State(app): State<AppState>) -> Json<Value> {
     ))
 }
 
-fn issuer_kind(name: &str) -> Result<IssuerKind, Response> {
+fn issuer_kind(name: &str) -> Result<IssuerKind, Box<Response>> {
     IssuerKind::parse(name).ok_or_else(|| {
         (
             axum::http::StatusCode::NOT_FOUND,
             Json(json!({"error": "not_found", "error_description": "no such issuer"})),
         )
             .into_response()
+            .into()
     })
 }
 
@@ -70,7 +71,7 @@ pub async fn openid_configuration(
     State(app): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, Response> {
-    let kind = issuer_kind(&name)?;
+    let kind = issuer_kind(&name).map_err(|r| *r)?;
     let issuer = app.issuers.get(kind);
     let algs: Vec<&str> = app
         .issuers
@@ -99,7 +100,7 @@ pub async fn jwks(
     State(app): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Response, Response> {
-    let kind = issuer_kind(&name)?;
+    let kind = issuer_kind(&name).map_err(|r| *r)?;
     let set = app.issuers.get(kind).jwks(app.clock.now());
     let mut resp = Json(set).into_response();
     resp.headers_mut().insert(

@@ -259,7 +259,7 @@ pub fn decide(rule: &Rule, token: &VerifiedToken) -> Result<(), Denial> {
         });
     }
     let claims = &token.claims;
-    if !claims.aud.iter().any(|a| *a == rule.audience) {
+    if !claims.aud.contains(&rule.audience) {
         return Err(Denial::WrongAudience);
     }
     if let Some(missing) = rule.scopes.iter().find(|s| !claims.has_scope(s)) {

@@ -240,3 +240,324 @@ pub fn b64(bytes: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
+
+// ---------------------------------------------------------------------------
+// Running real processes: the `tessera` binary (CLI, `serve`, replicas) and
+// third-party servers such as nginx. Every spawned process is killed and
+// reaped on drop; every wait is bounded.
+
+/// A free TCP port on 127.0.0.1 (bound, read, released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Like `TestApp::start`, with `extra_server_lines` added to the `[server]`
+/// section the harness writes (e.g. `trust_original_request_headers = true`).
+pub async fn start_with_server_toml(extra_server_lines: &str) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, schema) = fresh_store(dir.path());
+    let toml = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\ngrpc_listen = \"127.0.0.1:0\"\n{extra_server_lines}\n\
+         [store]\nurl = {url:?}\nschema = {:?}\nmax_connections = 4\n\
+         [keys]\ndir = {:?}\nreload_interval = \"200ms\"\n",
+        schema.unwrap_or_default(),
+        dir.path().join("keys").display().to_string(),
+    );
+    let config = Config::from_sources(Some(&toml), std::iter::empty()).expect("test config");
+    let clock = Arc::new(FixedClock::at(now()));
+    let server = Server::start(config, clock.clone()).await.expect("server starts");
+    let base = format!("http://{}", server.http_addr);
+    let grpc = server.grpc_addr;
+    TestApp { server, base, grpc, clock, dir, http: reqwest::Client::new() }
+}
+
+/// An HTTP client for talking to spawned processes: no proxy, every request
+/// bounded in time.
+pub fn process_http_client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().timeout(std::time::Duration::from_secs(15)).build().unwrap()
+}
+
+/// Sends a request and collects the parts tests assert on.
+pub async fn send_request(req: reqwest::RequestBuilder) -> Reply {
+    let resp = req.send().await.expect("request sent");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let text = resp.text().await.unwrap_or_default();
+    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+    Reply { status, headers, body, text }
+}
+
+/// A child process that is killed and reaped when dropped.
+#[derive(Debug)]
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl KillOnDrop {
+    /// Waits up to `within` for the process to exit on its own.
+    pub async fn wait_exit(&mut self, within: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.0.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// What a finished `tessera` command printed.
+#[derive(Debug)]
+pub struct CmdOutput {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CmdOutput {
+    /// Stdout as one JSON value; the command must have succeeded.
+    pub fn json(&self) -> Value {
+        assert_eq!(self.code, Some(0), "command failed; stderr: {}", self.stderr);
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("stdout is not one JSON value ({e}): {}", self.stdout))
+    }
+}
+
+/// Longest a one-shot `tessera` command may take.
+pub const BIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// How to run the real `tessera` binary against one store and key folder:
+/// `TESSERA_*` variables only from `vars` (none inherited from the test's
+/// environment), working directory `dir`.
+#[derive(Debug, Clone)]
+pub struct BinEnv {
+    pub dir: PathBuf,
+    pub vars: Vec<(String, String)>,
+}
+
+impl BinEnv {
+    /// A fresh store (SQLite file or Postgres schema, as `fresh_store`) and
+    /// an empty key folder inside `dir`.
+    pub fn fresh(dir: &Path) -> Self {
+        let (url, schema) = fresh_store(dir);
+        let mut vars = vec![
+            ("TESSERA_STORE_URL".to_string(), url),
+            ("TESSERA_STORE_MAX_CONNECTIONS".to_string(), "4".to_string()),
+            ("TESSERA_KEYS_DIR".to_string(), dir.join("keys").display().to_string()),
+            ("TESSERA_LOG".to_string(), "warn".to_string()),
+        ];
+        if let Some(schema) = schema {
+            vars.push(("TESSERA_STORE_SCHEMA".to_string(), schema));
+        }
+        Self { dir: dir.to_path_buf(), vars }
+    }
+
+    /// Sets (or replaces) one variable.
+    pub fn set(mut self, key: &str, value: &str) -> Self {
+        self.vars.retain(|(k, _)| k != key);
+        self.vars.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    pub fn var(&self, key: &str) -> Option<&str> {
+        self.vars.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    pub fn command(&self, args: &[&str]) -> std::process::Command {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"));
+        cmd.args(args).current_dir(&self.dir).stdin(std::process::Stdio::null());
+        for (k, _) in std::env::vars() {
+            if k.starts_with("TESSERA_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.envs(self.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        cmd
+    }
+
+    /// Runs one command to completion (killed after `BIN_TIMEOUT`).
+    pub async fn run(&self, args: &[&str]) -> CmdOutput {
+        let mut cmd = tokio::process::Command::from(self.command(args));
+        cmd.kill_on_drop(true);
+        let out = tokio::time::timeout(BIN_TIMEOUT, cmd.output())
+            .await
+            .unwrap_or_else(|_| panic!("tessera {args:?} did not finish within {BIN_TIMEOUT:?}"))
+            .expect("tessera runs");
+        CmdOutput {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Runs one command that must succeed and print one JSON value.
+    pub async fn run_json(&self, args: &[&str]) -> Value {
+        let out = self.run(args).await;
+        assert_eq!(out.code, Some(0), "tessera {args:?} failed; stderr: {}", out.stderr);
+        out.json()
+    }
+
+    /// Spawns `tessera serve` on free ports without waiting for it.
+    pub fn spawn_serve(&self) -> TesseraProcess {
+        let (http, grpc) = (free_port(), free_port());
+        let env = self
+            .clone()
+            .set("TESSERA_SERVER_LISTEN", &format!("127.0.0.1:{http}"))
+            .set("TESSERA_SERVER_GRPC_LISTEN", &format!("127.0.0.1:{grpc}"));
+        let mut cmd = env.command(&["serve"]);
+        cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().expect("tessera serve spawns");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        TesseraProcess {
+            child: KillOnDrop(child),
+            base: format!("http://127.0.0.1:{http}"),
+            grpc_port: grpc,
+            http: process_http_client(),
+            stderr: rx,
+            stderr_seen: Vec::new(),
+        }
+    }
+
+    /// Starts `tessera serve` on free ports and waits until it is ready.
+    pub async fn serve(&self) -> TesseraProcess {
+        let mut p = self.spawn_serve();
+        p.wait_ready().await;
+        p
+    }
+}
+
+/// A running `tessera serve` (killed on drop).
+pub struct TesseraProcess {
+    pub child: KillOnDrop,
+    /// Where it listens for HTTP (not necessarily its public URL).
+    pub base: String,
+    pub grpc_port: u16,
+    pub http: reqwest::Client,
+    stderr: tokio::sync::mpsc::UnboundedReceiver<String>,
+    /// Every stderr line read so far.
+    pub stderr_seen: Vec<String>,
+}
+
+impl TesseraProcess {
+    /// The next stderr line, if one comes within `within` (`None` also at EOF).
+    pub async fn stderr_line(&mut self, within: std::time::Duration) -> Option<String> {
+        let line = tokio::time::timeout(within, self.stderr.recv()).await.ok().flatten()?;
+        self.stderr_seen.push(line.clone());
+        Some(line)
+    }
+
+    fn drain_stderr(&mut self) -> String {
+        while let Ok(line) = self.stderr.try_recv() {
+            self.stderr_seen.push(line);
+        }
+        self.stderr_seen.join("\n")
+    }
+
+    /// Polls `GET /readyz` until it answers 200 (at most 30 s).
+    pub async fn wait_ready(&mut self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.0.try_wait().unwrap() {
+                panic!("tessera serve exited early ({status}); stderr:\n{}", self.drain_stderr());
+            }
+            let ready = self.http.get(format!("{}/readyz", self.base)).timeout(std::time::Duration::from_secs(2)).send().await;
+            if ready.is_ok_and(|r| r.status() == 200) {
+                return;
+            }
+            if std::time::Instant::now() >= deadline {
+                let stderr = self.drain_stderr();
+                panic!("tessera serve at {} not ready within 30 s; stderr:\n{stderr}", self.base);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Sends SIGTERM, as a service manager would.
+    pub fn terminate(&self) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.0.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -TERM failed");
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        send_request(self.http.get(format!("{}{path}", self.base))).await
+    }
+
+    /// POSTs a form, with HTTP Basic client authentication when given.
+    pub async fn post_form(&self, path: &str, basic: Option<(&str, &str)>, form: &[(&str, &str)]) -> Reply {
+        let mut req = self.http.post(format!("{}{path}", self.base)).form(form);
+        if let Some((id, secret)) = basic {
+            req = req.basic_auth(id, Some(secret));
+        }
+        send_request(req).await
+    }
+
+    /// ext_authz over HTTP for `method path` with an optional bearer token.
+    pub async fn authz(&self, method: &str, path: &str, token: Option<&str>) -> Reply {
+        let mut req = self.http.request(method.parse().unwrap(), format!("{}/ext_authz{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        send_request(req).await
+    }
+}
+
+/// An ES256 (P-256) key pair of a `private_key_jwt` client.
+pub struct TestEcKey {
+    pub pkcs8: Vec<u8>,
+    /// Base64url public coordinates.
+    pub x: String,
+    pub y: String,
+}
+
+impl TestEcKey {
+    pub fn generate() -> Self {
+        use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap().as_ref().to_vec();
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &pkcs8, &rng).unwrap();
+        let point = pair.public_key().as_ref(); // 0x04 || x || y
+        Self { x: b64(&point[1..33]), y: b64(&point[33..65]), pkcs8 }
+    }
+
+    /// The public key as a JWK.
+    pub fn public_jwk(&self, kid: &str) -> Value {
+        serde_json::json!({"kty": "EC", "crv": "P-256", "x": self.x, "y": self.y, "kid": kid, "alg": "ES256", "use": "sig"})
+    }
+
+    /// A JWS over `claims`, signed with this key.
+    pub fn sign(&self, kid: &str, claims: &Value) -> String {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.kid = Some(kid.to_string());
+        jsonwebtoken::encode(&header, claims, &jsonwebtoken::EncodingKey::from_ec_der(&self.pkcs8)).unwrap()
+    }
+
+    /// A private_key_jwt assertion for `client_id` with audience `aud`, a
+    /// fresh `jti` and a five-minute lifetime.
+    pub fn assertion(&self, kid: &str, client_id: &str, aud: &str) -> String {
+        let now = now();
+        self.sign(
+            kid,
+            &serde_json::json!({"iss": client_id, "sub": client_id, "aud": aud, "iat": now, "exp": now + 300, "jti": uuid::Uuid::new_v4().to_string()}),
+        )
+    }
+}
