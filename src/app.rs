@@ -37,8 +37,11 @@ impl App {
     /// revocations, and starts the audit writer.
     pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
         let policy = Arc::new(PolicyHandle::load(config.policy.file.clone())?);
-        let store = crate::store::connect(&config.store).await?;
-        let issuers = Issuers::load(&config, clock.now())?;
+        let store = crate::store::connect(&config.store)
+            .await
+            .map_err(|e| anyhow::anyhow!("configuration key `store.url`: {e:#}"))?;
+        let issuers = Issuers::load(&config, clock.now())
+            .map_err(|e| anyhow::anyhow!("configuration key `keys.dir`: {e:#}"))?;
         let revocations = Arc::new(Revocations::load(store.clone(), clock.now()).await?);
         let audit = AuditLog::spawn(store.clone(), config.audit.batch_max);
         Ok(Self {

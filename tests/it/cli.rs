@@ -84,7 +84,9 @@ async fn a_disabled_client_gets_401_from_a_running_server_until_enabled_again() 
     let (_dir, env) = fresh();
     let (_, id, secret) = create_demo(&env).await;
     let server = env.serve().await;
-    assert_eq!(token_request(&server, &id, &secret).await.status, 200);
+    let r = token_request(&server, &id, &secret).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["expires_in"], 120, "--ttl 2m applies");
 
     let disabled = env.run_json(&["client", "disable", &id]).await;
     assert_eq!((disabled["client_id"].as_str(), &disabled["disabled"]), (Some(id.as_str()), &json!(true)));
@@ -241,8 +243,12 @@ async fn invalid_configuration_stops_start_up_with_a_message_naming_the_key() {
     let config = dir.path().join("tessera.toml");
     std::fs::write(&config, "[server]\nlistne = \"x\"\n").unwrap();
     let config = config.display().to_string();
+    // A port another process already listens on.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = held.local_addr().unwrap().to_string();
     let cases: Vec<(BinEnv, Vec<&str>, &str)> = vec![
         (env.clone().set("TESSERA_SERVER_LISTEN", "nowhere"), vec!["serve"], "server.listen"),
+        (env.clone().set("TESSERA_SERVER_LISTEN", &taken), vec!["serve"], "server.listen"),
         (env.clone(), vec!["--config", &config, "serve"], "server.listne"),
         (env.clone().set("TESSERA_KEYS_ALGORITHM", "HS256"), vec!["serve"], "keys.algorithm"),
         (env.clone().set("TESSERA_KEYS_ALGORITHM", "HS256"), vec!["client", "list"], "keys.algorithm"),

@@ -366,10 +366,6 @@ impl BinEnv {
         self
     }
 
-    pub fn var(&self, key: &str) -> Option<&str> {
-        self.vars.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
-    }
-
     pub fn command(&self, args: &[&str]) -> std::process::Command {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"));
         cmd.args(args).current_dir(&self.dir).stdin(std::process::Stdio::null());
