@@ -112,6 +112,11 @@ pub enum AuditCommand {
     },
 }
 
+/// The store, with failures naming the configuration key.
+async fn connect(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    crate::store::connect(&config.store).await.map_err(|e| anyhow::anyhow!("configuration key `store.url`: {e:#}"))
+}
+
 fn print(value: serde_json::Value) {
     println!("{}", serde_json::to_string_pretty(&value).expect("json"));
 }
@@ -148,24 +153,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Serve => serve(config, clock).await,
         Command::Migrate => {
-            crate::store::connect(&config.store).await?;
+            connect(&config).await?;
             print(json!({"migrated": true}));
             Ok(0)
         }
         Command::Client(cmd) => {
-            let store = crate::store::connect(&config.store).await?;
+            let store = connect(&config).await?;
             client(&config, store.as_ref(), clock.as_ref(), cmd).await
         }
         Command::Keys(cmd) => keys_command(&config, clock.as_ref(), cmd),
         Command::Audit(AuditCommand::Verify) => {
-            let store = crate::store::connect(&config.store).await?;
+            let store = connect(&config).await?;
             let report = crate::audit::verify_chain(store.as_ref()).await?;
             let ok = report.first_broken.is_none();
             print(serde_json::to_value(&report)?);
             Ok(if ok { 0 } else { 1 })
         }
         Command::Audit(AuditCommand::Tail { limit }) => {
-            let store = crate::store::connect(&config.store).await?;
+            let store = connect(&config).await?;
             let rows = store.audit_tail(limit.clamp(1, 10_000)).await?;
             print(serde_json::to_value(rows)?);
             Ok(0)

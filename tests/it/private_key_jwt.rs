@@ -14,11 +14,11 @@ use tessera::store::Client;
 
 use crate::harness::*;
 
-const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+pub(crate) const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 /// A client's key pair: the private half signs with `jsonwebtoken`, the
 /// public half is registered as a JWK.
-struct ClientKey {
+pub(crate) struct ClientKey {
     alg: Algorithm,
     signing: EncodingKey,
     /// The public JWK as a client would submit it.
@@ -26,7 +26,7 @@ struct ClientKey {
 }
 
 impl ClientKey {
-    fn es256(kid: Option<&str>) -> Self {
+    pub(crate) fn es256(kid: Option<&str>) -> Self {
         let rng = ring::rand::SystemRandom::new();
         let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
         let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap();
@@ -66,7 +66,7 @@ impl ClientKey {
     }
 
     /// Signs `claims` with header `{alg, typ: JWT, kid}` (kid when the JWK has one).
-    fn sign(&self, claims: &Value) -> String {
+    pub(crate) fn sign(&self, claims: &Value) -> String {
         let mut header = Header::new(self.alg);
         header.kid = self.kid();
         encode(&header, claims, &self.signing).unwrap()
@@ -77,7 +77,7 @@ impl ClientKey {
     }
 }
 
-fn jwk_set(keys: &[&ClientKey]) -> JwkSet {
+pub(crate) fn jwk_set(keys: &[&ClientKey]) -> JwkSet {
     JwkSet { keys: keys.iter().map(|k| serde_json::from_value::<Jwk>(k.jwk.clone()).unwrap()).collect() }
 }
 
@@ -305,6 +305,20 @@ async fn replayed_assertion_is_refused() {
     assert_eq!(token_with(&t, &key.sign(&fresh)).await.status, 200);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_uses_of_one_assertion_succeed_exactly_once() {
+    let t = TestApp::start().await;
+    let key = ClientKey::es256(Some("k1"));
+    let c = key_client(&t, &[&key]).await;
+    let assertion = key.sign(&assertion_claims(&t, &c.client_id, &token_url(&t)));
+    let replies = futures_util::future::join_all((0..20).map(|_| token_with(&t, &assertion))).await;
+    let statuses: Vec<u16> = replies.iter().map(|r| r.status).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 1, "{statuses:?}");
+    assert!(replies.iter().filter(|r| r.status != 200).all(|r| (r.status, r.error()) == (401, "invalid_client")));
+    let replayed = t.audit().await.into_iter().filter(|a| a.record.reason == "assertion_replayed").count();
+    assert_eq!(replayed, 19);
+}
+
 /// A second Tessera on the same store and key folder, published under the
 /// same URL: what a replica behind the same load balancer is.
 async fn replica_of(t: &TestApp) -> tessera::server::Server {
@@ -497,9 +511,9 @@ async fn unsigned_alg_none_assertion_is_refused() {
     let header = b64(json!({"alg": "none", "typ": "JWT"}).to_string().as_bytes());
     let payload = b64(claims.to_string().as_bytes());
 
-    // The RFC 7519 §6.1 form: empty signature.
+    // The RFC 7519 §6.1 form: empty signature, reported as the algorithm it is.
     let unsecured = format!("{header}.{payload}.");
-    assert_refused(&t, &token_with(&t, &unsecured).await, "assertion_malformed", &unsecured).await;
+    assert_refused(&t, &token_with(&t, &unsecured).await, "assertion_alg_not_accepted", &unsecured).await;
     // With some bytes where a signature would be.
     let junk = format!("{header}.{payload}.{}", b64(b"signature"));
     assert_refused(&t, &token_with(&t, &junk).await, "assertion_alg_not_accepted", &junk).await;
@@ -651,6 +665,12 @@ async fn client_assertion_with_another_authentication_method_is_invalid_request(
             ],
         )
         .await;
+    assert_eq!((r.status, r.error()), (400, "invalid_request"), "{}", r.text);
+
+    // The assertion twice (RFC 6749 §3.2: parameters must not repeat).
+    let mut form = base_form.to_vec();
+    form.push(("client_assertion", assertion.as_str()));
+    let r = t.post_form("/oauth2/token", None, &form).await;
     assert_eq!((r.status, r.error()), (400, "invalid_request"), "{}", r.text);
 
     // None of these spent the assertion's jti.
