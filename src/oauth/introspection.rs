@@ -48,23 +48,18 @@ pub async fn introspect(
 ) -> Result<IntrospectionResponse, OAuthError> {
     let now = app.clock.now();
     let result = check_token(app, token, now);
-    let (decision, reason) = match &result {
+    // The record describes the token; the caller who asked is named in the
+    // reason, and stands in as client when the token is not ours to read.
+    let (decision, outcome) = match &result {
         Ok(_) => (Decision::Allow, "active".to_string()),
         Err(e) => (Decision::Deny, format!("inactive: {}", e.code())),
     };
-    let mut rec = AuditRecord::new(
-        app.clock.now_millis(),
-        Event::Introspection,
-        decision,
-        reason,
-    );
-    if let Ok(v) = &result {
-        describe_token(&mut rec, &v.claims);
+    let reason = format!("{outcome} (asked by {})", caller.client_id);
+    let mut rec = AuditRecord::new(app.clock.now_millis(), Event::Introspection, decision, reason);
+    match &result {
+        Ok(v) => describe_token(&mut rec, &v.claims),
+        Err(_) => rec.client_id = Some(caller.client_id.clone()),
     }
-    // The record is about the token; the caller is kept in the reason's place
-    // of the client field only when the token says nothing.
-    rec.client_id = rec.client_id.or_else(|| Some(caller.client_id.clone()));
-    rec.reason = format!("{} (by {})", rec.reason, caller.client_id);
     meta.fill(&mut rec);
     app.audit.record(rec).await?;
     Ok(match result {

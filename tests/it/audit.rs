@@ -342,3 +342,21 @@ async fn audit_never_contains_secrets_tokens_or_assertions() {
     }
     assert_eq!(chain_report(&t).await.first_broken, None);
 }
+
+#[tokio::test]
+async fn zz_experiment_nul() {
+    let t = TestApp::start().await;
+    let key = ClientKey::es256(Some("k1"));
+    let (kc, _) = t
+        .register(tessera::registry::NewClient { name: "pk".into(), tenant: "acme".into(), audiences: vec!["internal".into()], jwks: Some(jwk_set(&[&key])), ..Default::default() })
+        .await;
+    let now = t.clock.now();
+    let assertion = key.sign(&serde_json::json!({"iss": kc.client_id, "sub": kc.client_id, "aud": t.base, "exp": now + 60, "jti": "j1"}));
+    let r = t.post_form("/oauth2/token", None, &[("grant_type", "client_credentials"), ("client_id", "a\u{0}b"), ("client_assertion_type", JWT_BEARER), ("client_assertion", &assertion)]).await;
+    eprintln!("HTTP client_id NUL: {} {}", r.status, r.text);
+    let r = t.authz("GET", "/internal/x", None).await;
+    eprintln!("after: {} {}", r.status, r.text);
+    let audit = t.audit().await;
+    for a in &audit { eprintln!("{:?}", a.record); }
+    eprintln!("chain: {:?}", chain_report(&t).await);
+}
