@@ -114,7 +114,9 @@ pub enum AuditCommand {
 
 /// The store, with failures naming the configuration key.
 async fn connect(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
-    crate::store::connect(&config.store).await.map_err(|e| anyhow::anyhow!("configuration key `store.url`: {e:#}"))
+    crate::store::connect(&config.store)
+        .await
+        .map_err(|e| anyhow::anyhow!("configuration key `store.url`: {e:#}"))
 }
 
 fn print(value: serde_json::Value) {
@@ -237,16 +239,36 @@ async fn client(
 ) -> anyhow::Result<i32> {
     let now = clock.now();
     match cmd {
-        ClientCommand::Create { name, tenant, audiences, scopes, ttl, jwks } => {
-            let token_ttl = ttl.map(|t| parse_duration("--ttl", &t).map(|d| d.as_secs() as i64)).transpose()?;
+        ClientCommand::Create {
+            name,
+            tenant,
+            audiences,
+            scopes,
+            ttl,
+            jwks,
+        } => {
+            let token_ttl = ttl
+                .map(|t| parse_duration("--ttl", &t).map(|d| d.as_secs() as i64))
+                .transpose()?;
             let jwks = match jwks {
                 None => None,
                 Some(path) => {
-                    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-                    Some(serde_json::from_str::<JwkSet>(&text).with_context(|| format!("{} is not a JWK Set", path.display()))?)
+                    let text = std::fs::read_to_string(&path)
+                        .with_context(|| format!("cannot read {}", path.display()))?;
+                    Some(
+                        serde_json::from_str::<JwkSet>(&text)
+                            .with_context(|| format!("{} is not a JWK Set", path.display()))?,
+                    )
                 }
             };
-            let new = NewClient { name, tenant, audiences, scopes, token_ttl, jwks };
+            let new = NewClient {
+                name,
+                tenant,
+                audiences,
+                scopes,
+                token_ttl,
+                jwks,
+            };
             let (client, secret) = registry::create_client(store, config, new, now).await?;
             let mut out = client_json(&client);
             if let Some(s) = secret {
@@ -293,13 +315,19 @@ async fn client(
             Ok(0)
         }
         ClientCommand::RotateSecret { client_id, overlap } => {
-            let client = store.get_client(&client_id).await?.with_context(|| format!("no client {client_id:?}"))?;
+            let client = store
+                .get_client(&client_id)
+                .await?
+                .with_context(|| format!("no client {client_id:?}"))?;
             let overlap = match overlap {
                 Some(o) => parse_duration("--overlap", &o)?,
                 None => config.oauth.secret_rotation_overlap,
             };
-            let (secret, old_expires_at) = registry::rotate_secret(store, &client, overlap.as_secs() as i64, now).await?;
-            print(json!({"client_id": client_id, "client_secret": secret, "previous_secret_expires_at": old_expires_at}));
+            let (secret, old_expires_at) =
+                registry::rotate_secret(store, &client, overlap.as_secs() as i64, now).await?;
+            print(
+                json!({"client_id": client_id, "client_secret": secret, "previous_secret_expires_at": old_expires_at}),
+            );
             Ok(0)
         }
     }

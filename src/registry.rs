@@ -45,7 +45,8 @@ pub async fn create_client(
     for a in &new.audiences {
         check_label("audience", a)?;
     }
-    let scopes = parse_scope(&new.scopes.join(" ")).map_err(|_| anyhow::anyhow!("scopes must be RFC 6749 scope tokens"))?;
+    let scopes = parse_scope(&new.scopes.join(" "))
+        .map_err(|_| anyhow::anyhow!("scopes must be RFC 6749 scope tokens"))?;
     if let Some(ttl) = new.token_ttl {
         if ttl <= 0 || ttl > config.issuers.service.max_token_ttl.as_secs() as i64 {
             bail!("ttl must be positive and at most issuers.service.max_token_ttl");
@@ -72,20 +73,40 @@ pub async fn create_client(
         updated_at: now,
     };
     let secret = client.jwks.is_none().then(secret::generate);
-    let digest = secret.as_ref().map(|s| SecretDigest { digest: secret::digest(s), created_at: now, expires_at: None });
+    let digest = secret.as_ref().map(|s| SecretDigest {
+        digest: secret::digest(s),
+        created_at: now,
+        expires_at: None,
+    });
     store.create_client(&client, digest.as_ref()).await?;
     Ok((client, secret))
 }
 
 /// Issues a new secret; the previous ones stay valid for `overlap` seconds.
-pub async fn rotate_secret(store: &dyn ClientStore, client: &Client, overlap: i64, now: i64) -> anyhow::Result<(String, i64)> {
+pub async fn rotate_secret(
+    store: &dyn ClientStore,
+    client: &Client,
+    overlap: i64,
+    now: i64,
+) -> anyhow::Result<(String, i64)> {
     if client.jwks.is_some() {
-        bail!("client {:?} authenticates with private_key_jwt; it has no secret to rotate", client.client_id);
+        bail!(
+            "client {:?} authenticates with private_key_jwt; it has no secret to rotate",
+            client.client_id
+        );
     }
     let new = secret::generate();
     let old_expires_at = now + overlap;
     store
-        .rotate_secret(&client.client_id, &SecretDigest { digest: secret::digest(&new), created_at: now, expires_at: None }, old_expires_at)
+        .rotate_secret(
+            &client.client_id,
+            &SecretDigest {
+                digest: secret::digest(&new),
+                created_at: now,
+                expires_at: None,
+            },
+            old_expires_at,
+        )
         .await?;
     Ok((new, old_expires_at))
 }

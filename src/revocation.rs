@@ -22,7 +22,7 @@ const WINDOW_SECS: i64 = 60;
 
 pub struct Revocations {
     store: Arc<dyn RevocationStore>,
-        /// jti → token expiry.
+    /// jti → token expiry.
     revoked: RwLock<HashMap<String, i64>>,
     /// When the last successful poll started.
     synced_at: AtomicI64,
@@ -41,7 +41,11 @@ impl Revocations {
     pub async fn load(store: Arc<dyn RevocationStore>, now: i64) -> anyhow::Result<Self> {
         let all = store.revocations_since(i64::MIN, now).await?;
         let revoked = all.into_iter().map(|r| (r.jti, r.expires_at)).collect();
-        Ok(Self { store, revoked: RwLock::new(revoked), synced_at: AtomicI64::new(now) })
+        Ok(Self {
+            store,
+            revoked: RwLock::new(revoked),
+            synced_at: AtomicI64::new(now),
+        })
     }
 
     pub fn is_revoked(&self, jti: &str) -> bool {

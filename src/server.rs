@@ -46,7 +46,9 @@ impl Server {
             })?;
         let (http_addr, grpc_addr) = (http.local_addr()?, grpc.local_addr()?);
         let mut config = config;
-        if config.server.listen.port() == 0 && config.server.public_url == format!("http://{}", config.server.listen) {
+        if config.server.listen.port() == 0
+            && config.server.public_url == format!("http://{}", config.server.listen)
+        {
             // An ephemeral port (tests): publish the address actually bound.
             config.server.public_url = format!("http://{http_addr}");
         }

@@ -34,7 +34,8 @@ impl AuditLog {
     }
 
     /// Returns once the record is committed.
-    pub async fn record(&self, record: AuditRecord) -> Result<(), AuditError> {
+    pub async fn record(&self, mut record: AuditRecord) -> Result<(), AuditError> {
+        clean_record(&mut record);
         let (reply, done) = oneshot::channel();
         self.tx
             .send((record, reply))
@@ -56,19 +57,63 @@ async fn run(
     let mut batch = Vec::with_capacity(batch_max);
     while rx.recv_many(&mut batch, batch_max).await > 0 {
         let (records, replies): (Vec<_>, Vec<_>) = batch.drain(..).unzip();
-        let mut result = store.append_audit(&records).await;
-        if let Err(e) = &result {
-            // One retry covers a transient lock timeout or a dropped
-            // connection; after that the callers hear about it.
-            tracing::warn!(error = %e, "audit append failed, retrying once");
-            result = store.append_audit(&records).await;
+        match store.append_audit(&records).await {
+            Ok(()) => replies.into_iter().for_each(|r| {
+                let _ = r.send(Ok(()));
+            }),
+            Err(e) => {
+                // Append one by one: a transient failure (lock timeout,
+                // dropped connection) gets its retry, and a record the store
+                // cannot hold fails alone instead of taking its batch along.
+                tracing::warn!(error = %e, records = records.len(), "audit batch failed, appending records one by one");
+                for (record, reply) in records.into_iter().zip(replies) {
+                    let result = store.append_audit(std::slice::from_ref(&record)).await.map_err(|e| {
+                        tracing::error!(error = %e, event = %record.event, "audit record could not be written");
+                        Arc::new(e)
+                    });
+                    let _ = reply.send(result);
+                }
+            }
         }
-        let result = result.map_err(|e| {
-            tracing::error!(error = %e, records = records.len(), "audit append failed");
-            Arc::new(e)
-        });
-        for reply in replies {
-            let _ = reply.send(result.clone());
-        }
+    }
+}
+
+/// Longest text kept in one audit field.
+const MAX_FIELD: usize = 1024;
+
+/// Audit fields come partly from callers (paths, request ids, claimed
+/// client ids): control characters become U+FFFD and length is bounded, so
+/// every record can be stored and read back on either database.
+fn clean(text: &mut String) {
+    if text.len() > MAX_FIELD || text.chars().any(char::is_control) {
+        *text = text
+            .chars()
+            .take(MAX_FIELD)
+            .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
+            .collect();
+    }
+}
+
+fn clean_record(r: &mut AuditRecord) {
+    for field in [&mut r.event, &mut r.decision, &mut r.reason] {
+        clean(field);
+    }
+    for field in [
+        &mut r.client_id,
+        &mut r.subject,
+        &mut r.principal,
+        &mut r.tenant,
+        &mut r.audience,
+        &mut r.scopes,
+        &mut r.route,
+        &mut r.policy_version,
+        &mut r.jti,
+        &mut r.request_id,
+        &mut r.peer,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        clean(field);
     }
 }

@@ -498,7 +498,10 @@ impl Raw {
                     // Verifiers may cache the JWKS for JWKS_MAX_AGE; a next key
                     // must be in every cache before it signs.
                     if d.as_secs() < 2 * crate::http::discovery::JWKS_MAX_AGE {
-                        return Err(err("keys.rotation_delay", "must be at least 10m (twice the JWKS cache lifetime)"));
+                        return Err(err(
+                            "keys.rotation_delay",
+                            "must be at least 10m (twice the JWKS cache lifetime)",
+                        ));
                     }
                     d
                 },

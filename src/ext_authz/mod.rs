@@ -94,7 +94,9 @@ pub async fn check(app: &App, req: CheckRequest<'_>) -> CheckResponse {
         (Ok(_), None) => Err(Denial::NoRoute),
         (Ok(_), Some(rule)) => match bearer(req.authorization) {
             Ok(None) => Err(Denial::MissingCredential),
-            Err(()) => Err(Denial::InvalidCredential(crate::jose::JwsError::Malformed.into())),
+            Err(()) => Err(Denial::InvalidCredential(
+                crate::jose::JwsError::Malformed.into(),
+            )),
             Ok(Some(raw)) => match check_token(app, raw, app.clock.now()) {
                 Err(e) => Err(Denial::InvalidCredential(e)),
                 Ok(verified) => {
@@ -114,7 +116,11 @@ pub async fn check(app: &App, req: CheckRequest<'_>) -> CheckResponse {
             describe_token(&mut rec, &t.claims);
         }
         let route = format!("{method} {}", req.path.split('?').next().unwrap_or(""));
-        let meta = RequestMeta { request_id: req.request_id.clone(), peer: req.peer.clone(), route: route.chars().take(1024).collect() };
+        let meta = RequestMeta {
+            request_id: req.request_id.clone(),
+            peer: req.peer.clone(),
+            route: route.chars().take(1024).collect(),
+        };
         meta.fill(&mut rec);
         rec
     };
@@ -122,14 +128,26 @@ pub async fn check(app: &App, req: CheckRequest<'_>) -> CheckResponse {
         Ok(verified) => {
             app.metrics.authz_allowed.inc();
             if rule.is_some_and(|r| r.audit == AuditLevel::All)
-                && app.audit.record(record(Decision::Allow, format!("allowed by rule {rule_name}"))).await.is_err()
+                && app
+                    .audit
+                    .record(record(
+                        Decision::Allow,
+                        format!("allowed by rule {rule_name}"),
+                    ))
+                    .await
+                    .is_err()
             {
                 return unavailable();
             }
             let c = &verified.claims;
             let mut headers: Vec<(String, String)> = UPSTREAM_HEADERS
                 .iter()
-                .zip([c.sub.as_str(), c.principal.as_str(), c.tenant.as_str(), c.client_id.as_str()])
+                .zip([
+                    c.sub.as_str(),
+                    c.principal.as_str(),
+                    c.tenant.as_str(),
+                    c.client_id.as_str(),
+                ])
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect();
             if let Some(auth) = req.authorization {
@@ -139,14 +157,25 @@ pub async fn check(app: &App, req: CheckRequest<'_>) -> CheckResponse {
         }
         Err(denial) => {
             app.metrics.authz_denied.inc();
-            if app.audit.record(record(Decision::Deny, format!("{} (rule {rule_name})", denial.code()))).await.is_err() {
+            if app
+                .audit
+                .record(record(
+                    Decision::Deny,
+                    format!("{} (rule {rule_name})", denial.code()),
+                ))
+                .await
+                .is_err()
+            {
                 return unavailable();
             }
             let description = denial.description(rule);
             let mut challenge = String::from("Bearer realm=\"tessera\"");
             let is_route_refusal = matches!(denial, Denial::NoRoute | Denial::NonCanonicalPath);
             if let Some(error) = denial.error().filter(|_| !is_route_refusal) {
-                challenge.push_str(&format!(", error=\"{error}\", error_description=\"{}\"", quote_safe(&description)));
+                challenge.push_str(&format!(
+                    ", error=\"{error}\", error_description=\"{}\"",
+                    quote_safe(&description)
+                ));
             }
             if let Denial::MissingScope(scope) = &denial {
                 challenge.push_str(&format!(", scope=\"{}\"", quote_safe(scope)));

@@ -203,7 +203,13 @@ impl Issuers {
     /// Algorithms of the keys currently published, for discovery documents.
     pub fn algorithms(&self, kind: IssuerKind, now: i64) -> Vec<Alg> {
         let mut algs: Vec<Alg> = Vec::new();
-        for key in self.get(kind).ring().keys.iter().filter(|k| k.is_published(now)) {
+        for key in self
+            .get(kind)
+            .ring()
+            .keys
+            .iter()
+            .filter(|k| k.is_published(now))
+        {
             if !algs.contains(&key.alg) {
                 algs.push(key.alg);
             }

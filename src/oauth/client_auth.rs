@@ -149,7 +149,9 @@ pub async fn authenticate(
             })
     } else if uses_assertion {
         let Some(assertion) = &presented.assertion else {
-            return Err(OAuthError::invalid_request("client_assertion is required with client_assertion_type"));
+            return Err(OAuthError::invalid_request(
+                "client_assertion is required with client_assertion_type",
+            ));
         };
         if presented.assertion_type.as_deref() != Some(JWT_BEARER) {
             return Err(OAuthError::invalid_request(format!(
@@ -201,7 +203,7 @@ pub async fn authenticate(
 }
 
 async fn load_client(app: &App, id: &str) -> Result<Client, Failure> {
-    if id.len() > 256 {
+    if id.len() > 256 || id.chars().any(char::is_control) {
         return Err(fail(None, "unknown_client"));
     }
     match app.store.get_client(id).await {
@@ -347,7 +349,10 @@ mod tests {
         );
         assert_eq!(parse_basic(&v), Some(("a:b".into(), "s+x y".into())));
         assert_eq!(parse_basic("Basic !!!"), None);
-        let upper = format!("BASIC {}", base64::engine::general_purpose::STANDARD.encode("a:b"));
+        let upper = format!(
+            "BASIC {}",
+            base64::engine::general_purpose::STANDARD.encode("a:b")
+        );
         assert_eq!(parse_basic(&upper), Some(("a".into(), "b".into())));
         assert_eq!(parse_basic("Bearer x"), None);
     }

@@ -55,7 +55,12 @@ pub async fn introspect(
         Err(e) => (Decision::Deny, format!("inactive: {}", e.code())),
     };
     let reason = format!("{outcome} (asked by {})", caller.client_id);
-    let mut rec = AuditRecord::new(app.clock.now_millis(), Event::Introspection, decision, reason);
+    let mut rec = AuditRecord::new(
+        app.clock.now_millis(),
+        Event::Introspection,
+        decision,
+        reason,
+    );
     match &result {
         Ok(v) => describe_token(&mut rec, &v.claims),
         Err(_) => rec.client_id = Some(caller.client_id.clone()),

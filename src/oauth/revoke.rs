@@ -47,9 +47,15 @@ pub async fn revoke(
             "the token was not issued to this client".into(),
         ));
     }
-    if let Err(e) = app.revocations.revoke(&verified.claims.jti, verified.claims.exp, now).await {
+    if let Err(e) = app
+        .revocations
+        .revoke(&verified.claims.jti, verified.claims.exp, now)
+        .await
+    {
         tracing::error!(error = %e, "storing a revocation failed");
-        return Err(OAuthError::TemporarilyUnavailable("revocation could not be stored, try again".into()));
+        return Err(OAuthError::TemporarilyUnavailable(
+            "revocation could not be stored, try again".into(),
+        ));
     }
     rec.reason = format!("revoked by {}", caller.client_id);
     app.audit.record(rec).await?;

@@ -286,6 +286,7 @@ pub fn canonical_path(raw: &str) -> Result<&str, Denial> {
         || lower.contains("%5c")
         || lower.contains("%2e")
         || lower.contains("%00")
+        || path.chars().any(char::is_control)
         || path.split('/').any(|seg| seg == "." || seg == "..");
     if bad {
         Err(Denial::NonCanonicalPath)
@@ -434,6 +435,8 @@ mod tests {
     #[test]
     fn invalid_policies_are_refused() {
         for bad in [
+            "/internal/x\0",
+            "/internal/\nx",
             "[[rule]]\nname='a'\npath='internal'\naccept=['service']\naudience='x'",
             "[[rule]]\nname='a'\npath='/a/*/b'\naccept=['service']\naudience='x'",
             "[[rule]]\nname='a'\npath='/a'\naccept=[]\naudience='x'",

@@ -6,19 +6,34 @@ use crate::harness::*;
 #[tokio::test]
 async fn builtin_policy_lets_each_credential_kind_through_only_its_own_routes() {
     let t = TestApp::start().await;
-    let (c, secret) = t.client("acme", &["internal", "api"], &["orders:read"]).await;
-    let service_internal = t.service_token(&c, &secret, &[("audience", "internal")]).await;
+    let (c, secret) = t
+        .client("acme", &["internal", "api"], &["orders:read"])
+        .await;
+    let service_internal = t
+        .service_token(&c, &secret, &[("audience", "internal")])
+        .await;
     let service_api = t.service_token(&c, &secret, &[("audience", "api")]).await;
     let human_api = t.human_token("alice", "api", "profile");
     let human_internal = t.human_token("alice", "internal", "");
 
-    let allow = t.authz("POST", "/internal/orders?x=1", Some(&service_internal)).await;
+    let allow = t
+        .authz("POST", "/internal/orders?x=1", Some(&service_internal))
+        .await;
     assert_eq!(allow.status, 200, "{}", allow.text);
-    assert_eq!(allow.header("x-tessera-subject"), Some(c.client_id.as_str()));
+    assert_eq!(
+        allow.header("x-tessera-subject"),
+        Some(c.client_id.as_str())
+    );
     assert_eq!(allow.header("x-tessera-principal"), Some("service"));
     assert_eq!(allow.header("x-tessera-tenant"), Some("acme"));
-    assert_eq!(allow.header("x-tessera-client-id"), Some(c.client_id.as_str()));
-    assert_eq!(allow.header("authorization"), Some(format!("Bearer {service_internal}").as_str()));
+    assert_eq!(
+        allow.header("x-tessera-client-id"),
+        Some(c.client_id.as_str())
+    );
+    assert_eq!(
+        allow.header("authorization"),
+        Some(format!("Bearer {service_internal}").as_str())
+    );
 
     let allow = t.authz("GET", "/api/profile", Some(&human_api)).await;
     assert_eq!(allow.status, 200, "{}", allow.text);
@@ -26,25 +41,57 @@ async fn builtin_policy_lets_each_credential_kind_through_only_its_own_routes() 
     assert_eq!(allow.header("x-tessera-principal"), Some("human"));
 
     let cases = [
-        ("/internal/orders", &human_internal, 403, "credential_kind_not_accepted"),
-        ("/internal/orders", &human_api, 403, "credential_kind_not_accepted"),
-        ("/api/profile", &service_api, 403, "credential_kind_not_accepted"),
+        (
+            "/internal/orders",
+            &human_internal,
+            403,
+            "credential_kind_not_accepted",
+        ),
+        (
+            "/internal/orders",
+            &human_api,
+            403,
+            "credential_kind_not_accepted",
+        ),
+        (
+            "/api/profile",
+            &service_api,
+            403,
+            "credential_kind_not_accepted",
+        ),
         ("/internal/orders", &service_api, 403, "wrong_audience"),
         ("/ui/home", &human_api, 403, "no_matching_rule"),
         ("/data/sales.orders/x", &human_api, 403, "no_matching_rule"),
         ("/", &service_internal, 403, "no_matching_rule"),
-        ("//internal/orders", &service_internal, 403, "non_canonical_path"),
-        ("/internal/a%2F..%2Fb", &service_internal, 403, "non_canonical_path"),
+        (
+            "//internal/orders",
+            &service_internal,
+            403,
+            "non_canonical_path",
+        ),
+        (
+            "/internal/a%2F..%2Fb",
+            &service_internal,
+            403,
+            "non_canonical_path",
+        ),
     ];
     for (path, token, status, reason) in cases {
         let r = t.authz("GET", path, Some(token)).await;
-        assert_eq!((r.status, r.body["reason"].as_str()), (status, Some(reason)), "{path}");
+        assert_eq!(
+            (r.status, r.body["reason"].as_str()),
+            (status, Some(reason)),
+            "{path}"
+        );
         assert!(r.header("x-tessera-subject").is_none());
         assert_eq!(r.header("cache-control"), Some("no-store"));
     }
     let r = t.authz("GET", "/internal/orders", Some(&service_api)).await;
     assert_eq!(r.body["error"], "insufficient_scope");
-    assert!(r.header("www-authenticate").unwrap().starts_with("Bearer realm=\"tessera\", error=\"insufficient_scope\""));
+    assert!(r
+        .header("www-authenticate")
+        .unwrap()
+        .starts_with("Bearer realm=\"tessera\", error=\"insufficient_scope\""));
 }
 
 #[tokio::test]
@@ -54,24 +101,70 @@ async fn bad_credentials_are_401_with_an_rfc_6750_challenge() {
     let token = t.service_token(&c, &secret, &[]).await;
     let parts: Vec<&str> = token.split('.').collect();
     let cases = [
-        ("tampered", format!("{}.{}.{}", parts[0], b64(br#"{"sub":"x"}"#), parts[2]), "bad_signature"),
-        ("alg none", format!("{}.{}.", b64(br#"{"alg":"none","typ":"at+jwt"}"#), parts[1]), "unsupported_alg"),
-        ("HS256", format!("{}.{}.{}", b64(br#"{"alg":"HS256","typ":"at+jwt"}"#), parts[1], parts[2]), "unsupported_alg"),
-        ("unknown kid", format!("{}.{}.{}", b64(br#"{"alg":"ES256","typ":"at+jwt","kid":"k"}"#), parts[1], parts[2]), "unknown_key"),
+        (
+            "tampered",
+            format!("{}.{}.{}", parts[0], b64(br#"{"sub":"x"}"#), parts[2]),
+            "bad_signature",
+        ),
+        (
+            "alg none",
+            format!("{}.{}.", b64(br#"{"alg":"none","typ":"at+jwt"}"#), parts[1]),
+            "unsupported_alg",
+        ),
+        (
+            "HS256",
+            format!(
+                "{}.{}.{}",
+                b64(br#"{"alg":"HS256","typ":"at+jwt"}"#),
+                parts[1],
+                parts[2]
+            ),
+            "unsupported_alg",
+        ),
+        (
+            "unknown kid",
+            format!(
+                "{}.{}.{}",
+                b64(br#"{"alg":"ES256","typ":"at+jwt","kid":"k"}"#),
+                parts[1],
+                parts[2]
+            ),
+            "unknown_key",
+        ),
         ("garbage", "abc".to_string(), "malformed_token"),
         ("oversized", "a".repeat(9000), "token_too_large"),
     ];
     for (name, bad, reason) in cases {
         let r = t.authz("GET", "/internal/x", Some(&bad)).await;
-        assert_eq!((r.status, r.body["error"].as_str(), r.body["reason"].as_str()), (401, Some("invalid_token"), Some(reason)), "{name}");
+        assert_eq!(
+            (
+                r.status,
+                r.body["error"].as_str(),
+                r.body["reason"].as_str()
+            ),
+            (401, Some("invalid_token"), Some(reason)),
+            "{name}"
+        );
         let challenge = r.header("www-authenticate").unwrap();
-        assert!(challenge.starts_with("Bearer realm=\"tessera\", error=\"invalid_token\""), "{challenge}");
+        assert!(
+            challenge.starts_with("Bearer realm=\"tessera\", error=\"invalid_token\""),
+            "{challenge}"
+        );
     }
     // No credential: a bare challenge (RFC 6750 §3.1).
     let r = t.authz("GET", "/internal/x", None).await;
-    assert_eq!((r.status, r.header("www-authenticate")), (401, Some("Bearer realm=\"tessera\"")));
+    assert_eq!(
+        (r.status, r.header("www-authenticate")),
+        (401, Some("Bearer realm=\"tessera\""))
+    );
     assert_eq!(r.body["reason"], "missing_credential");
-    let r = t.send(t.http.get(format!("{}/ext_authz/internal/x", t.base)).header("authorization", "Basic Zm9vOmJhcg==")).await;
+    let r = t
+        .send(
+            t.http
+                .get(format!("{}/ext_authz/internal/x", t.base))
+                .header("authorization", "Basic Zm9vOmJhcg=="),
+        )
+        .await;
     assert_eq!(r.status, 401);
     // Expired and not-yet-valid.
     let mut future = t.human_claims("bob", "api", "");
@@ -81,7 +174,10 @@ async fn bad_credentials_are_401_with_an_rfc_6750_challenge() {
     assert_eq!(r.body["reason"], "token_not_yet_valid");
     t.clock.advance(301);
     let r = t.authz("GET", "/internal/x", Some(&token)).await;
-    assert_eq!((r.status, r.body["reason"].as_str()), (401, Some("token_expired")));
+    assert_eq!(
+        (r.status, r.body["reason"].as_str()),
+        (401, Some("token_expired"))
+    );
 }
 
 #[tokio::test]
@@ -90,16 +186,40 @@ async fn every_denial_is_audited_with_the_policy_version() {
     let (c, secret) = t.client("acme", &["internal"], &[]).await;
     let token = t.service_token(&c, &secret, &[]).await;
     let before = t.audit().await.len();
-    assert_eq!(t.authz("GET", "/internal/x", Some(&token)).await.status, 200);
-    assert_eq!(t.audit().await.len(), before, "allows are audited only where the rule asks");
-    let r = t.send(t.http.get(format!("{}/ext_authz/api/x", t.base)).bearer_auth(&token).header("x-request-id", "req-42")).await;
+    assert_eq!(
+        t.authz("GET", "/internal/x", Some(&token)).await.status,
+        200
+    );
+    assert_eq!(
+        t.audit().await.len(),
+        before,
+        "allows are audited only where the rule asks"
+    );
+    let r = t
+        .send(
+            t.http
+                .get(format!("{}/ext_authz/api/x", t.base))
+                .bearer_auth(&token)
+                .header("x-request-id", "req-42"),
+        )
+        .await;
     assert_eq!(r.status, 403);
     let rec = t.audit().await.pop().unwrap().record;
-    assert_eq!((rec.event.as_str(), rec.decision.as_str()), ("ext_authz", "deny"));
-    assert!(rec.reason.starts_with("credential_kind_not_accepted"), "{}", rec.reason);
+    assert_eq!(
+        (rec.event.as_str(), rec.decision.as_str()),
+        ("ext_authz", "deny")
+    );
+    assert!(
+        rec.reason.starts_with("credential_kind_not_accepted"),
+        "{}",
+        rec.reason
+    );
     assert_eq!(rec.route.as_deref(), Some("GET /api/x"));
     assert_eq!(rec.request_id.as_deref(), Some("req-42"));
-    assert_eq!(rec.policy_version, Some(t.app().policy.current().version.clone()));
+    assert_eq!(
+        rec.policy_version,
+        Some(t.app().policy.current().version.clone())
+    );
     assert_eq!(rec.client_id.as_deref(), Some(c.client_id.as_str()));
     assert_eq!(rec.principal.as_deref(), Some("service"));
     assert_eq!(rec.jti.as_deref(), claims_of(&token)["jti"].as_str());
@@ -134,16 +254,35 @@ async fn policy_file_rules_scopes_allow_lists_and_hot_reload() {
     let r = t.service_token(&reader, &rs, &[]).await;
     let o = t.service_token(&other, &os, &[]).await;
 
-    assert_eq!(t.authz("POST", "/internal/billing/pay", Some(&w)).await.status, 200);
+    assert_eq!(
+        t.authz("POST", "/internal/billing/pay", Some(&w))
+            .await
+            .status,
+        200
+    );
     let allowed = t.audit().await.pop().unwrap().record;
-    assert_eq!((allowed.decision.as_str(), allowed.reason.as_str()), ("allow", "allowed by rule billing"));
+    assert_eq!(
+        (allowed.decision.as_str(), allowed.reason.as_str()),
+        ("allow", "allowed by rule billing")
+    );
     let denied = t.authz("POST", "/internal/billing/pay", Some(&r)).await;
-    assert_eq!((denied.status, denied.body["reason"].as_str()), (403, Some("missing_scope")));
-    assert!(denied.header("www-authenticate").unwrap().contains("scope=\"billing:write\""));
+    assert_eq!(
+        (denied.status, denied.body["reason"].as_str()),
+        (403, Some("missing_scope"))
+    );
+    assert!(denied
+        .header("www-authenticate")
+        .unwrap()
+        .contains("scope=\"billing:write\""));
     let denied = t.authz("POST", "/internal/billing/pay", Some(&o)).await;
     assert_eq!(denied.body["reason"], "tenant_not_allowed");
     // GET falls through to the general internal rule.
-    assert_eq!(t.authz("GET", "/internal/billing/pay", Some(&r)).await.status, 200);
+    assert_eq!(
+        t.authz("GET", "/internal/billing/pay", Some(&r))
+            .await
+            .status,
+        200
+    );
 
     // Hot reload: restrict /internal/* to one client; the version changes.
     let v1 = t.app().policy.current().version.clone();
@@ -160,7 +299,16 @@ async fn policy_file_rules_scopes_allow_lists_and_hot_reload() {
     assert!(reloaded, "policy file change is picked up");
     let denied = t.authz("GET", "/internal/x", Some(&r)).await;
     assert_eq!(denied.body["reason"], "client_not_allowed");
-    assert_ne!(t.audit().await.pop().unwrap().record.policy_version.as_deref(), Some(v1.as_str()));
+    assert_ne!(
+        t.audit()
+            .await
+            .pop()
+            .unwrap()
+            .record
+            .policy_version
+            .as_deref(),
+        Some(v1.as_str())
+    );
 
     // A broken file keeps the last good policy in force.
     let v2 = t.app().policy.current().version.clone();
@@ -185,6 +333,9 @@ async fn original_request_headers_are_ignored_unless_trusted() {
                 .header("x-original-method", "GET"),
         )
         .await;
-    assert_eq!((r.status, r.body["reason"].as_str()), (403, Some("credential_kind_not_accepted")));
+    assert_eq!(
+        (r.status, r.body["reason"].as_str()),
+        (403, Some("credential_kind_not_accepted"))
+    );
     assert!(r.body["request_id"].is_string());
 }

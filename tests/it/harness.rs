@@ -24,7 +24,8 @@ pub fn use_postgres() -> bool {
 }
 
 pub fn postgres_url() -> String {
-    std::env::var("TESSERA_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+    std::env::var("TESSERA_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
 /// Store settings for a fresh, isolated store inside `dir`.
@@ -33,7 +34,10 @@ pub fn fresh_store(dir: &Path) -> (String, Option<String>) {
         let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
         (postgres_url(), Some(schema))
     } else {
-        (format!("sqlite://{}", dir.join("tessera.db").display()), None)
+        (
+            format!("sqlite://{}", dir.join("tessera.db").display()),
+            None,
+        )
     }
 }
 
@@ -96,7 +100,10 @@ impl Builder {
             Some(p) => {
                 let path = dir.path().join("policy.toml");
                 std::fs::write(&path, p).unwrap();
-                format!("[policy]\nfile = {:?}\nreload_interval = \"100ms\"\n", path.display().to_string())
+                format!(
+                    "[policy]\nfile = {:?}\nreload_interval = \"100ms\"\n",
+                    path.display().to_string()
+                )
             }
             None => String::new(),
         };
@@ -110,16 +117,28 @@ impl Builder {
         );
         let config = Config::from_sources(Some(&toml), std::iter::empty()).expect("test config");
         let clock = Arc::new(FixedClock::at(now()));
-        let server = Server::start(config, clock.clone()).await.expect("server starts");
+        let server = Server::start(config, clock.clone())
+            .await
+            .expect("server starts");
         let base = format!("http://{}", server.http_addr);
         let grpc = server.grpc_addr;
-        TestApp { server, base, grpc, clock, dir, http: reqwest::Client::new() }
+        TestApp {
+            server,
+            base,
+            grpc,
+            clock,
+            dir,
+            http: reqwest::Client::new(),
+        }
     }
 }
 
 impl TestApp {
     pub fn builder() -> Builder {
-        Builder { extra_toml: String::new(), policy: None }
+        Builder {
+            extra_toml: String::new(),
+            policy: None,
+        }
     }
 
     pub async fn start() -> TestApp {
@@ -135,21 +154,29 @@ impl TestApp {
     }
 
     /// A secret client for `audience`s with `scopes`.
-    pub async fn client(&self, tenant: &str, audiences: &[&str], scopes: &[&str]) -> (Client, String) {
-        let (c, s) = self.register(NewClient {
-            name: "test".into(),
-            tenant: tenant.into(),
-            audiences: audiences.iter().map(|s| s.to_string()).collect(),
-            scopes: scopes.iter().map(|s| s.to_string()).collect(),
-            ..Default::default()
-        })
-        .await;
+    pub async fn client(
+        &self,
+        tenant: &str,
+        audiences: &[&str],
+        scopes: &[&str],
+    ) -> (Client, String) {
+        let (c, s) = self
+            .register(NewClient {
+                name: "test".into(),
+                tenant: tenant.into(),
+                audiences: audiences.iter().map(|s| s.to_string()).collect(),
+                scopes: scopes.iter().map(|s| s.to_string()).collect(),
+                ..Default::default()
+            })
+            .await;
         (c, s.expect("secret client"))
     }
 
     pub async fn register(&self, new: NewClient) -> (Client, Option<String>) {
         let app = self.app();
-        create_client(app.store.as_ref(), &app.config, new, app.clock.now()).await.expect("client registered")
+        create_client(app.store.as_ref(), &app.config, new, app.clock.now())
+            .await
+            .expect("client registered")
     }
 
     pub async fn send(&self, req: reqwest::RequestBuilder) -> Reply {
@@ -158,15 +185,26 @@ impl TestApp {
         let headers = resp.headers().clone();
         let text = resp.text().await.unwrap_or_default();
         let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Reply { status, headers, body, text }
+        Reply {
+            status,
+            headers,
+            body,
+            text,
+        }
     }
 
     pub async fn get(&self, path: &str) -> Reply {
-        self.send(self.http.get(format!("{}{path}", self.base))).await
+        self.send(self.http.get(format!("{}{path}", self.base)))
+            .await
     }
 
     /// POSTs a form, with HTTP Basic client authentication when given.
-    pub async fn post_form(&self, path: &str, basic: Option<(&str, &str)>, form: &[(&str, &str)]) -> Reply {
+    pub async fn post_form(
+        &self,
+        path: &str,
+        basic: Option<(&str, &str)>,
+        form: &[(&str, &str)],
+    ) -> Reply {
         let mut req = self.http.post(format!("{}{path}", self.base)).form(form);
         if let Some((id, secret)) = basic {
             req = req.basic_auth(id, Some(secret));
@@ -175,10 +213,17 @@ impl TestApp {
     }
 
     /// A client_credentials token for a secret client.
-    pub async fn service_token(&self, client: &Client, secret: &str, extra: &[(&str, &str)]) -> String {
+    pub async fn service_token(
+        &self,
+        client: &Client,
+        secret: &str,
+        extra: &[(&str, &str)],
+    ) -> String {
         let mut form = vec![("grant_type", "client_credentials")];
         form.extend_from_slice(extra);
-        let r = self.post_form("/oauth2/token", Some((&client.client_id, secret)), &form).await;
+        let r = self
+            .post_form("/oauth2/token", Some((&client.client_id, secret)), &form)
+            .await;
         assert_eq!(r.status, 200, "token request failed: {}", r.text);
         r.body["access_token"].as_str().unwrap().to_string()
     }
@@ -204,7 +249,11 @@ impl TestApp {
     }
 
     pub fn human_token(&self, sub: &str, aud: &str, scope: &str) -> String {
-        self.app().issuers.human.mint(&self.human_claims(sub, aud, scope)).unwrap()
+        self.app()
+            .issuers
+            .human
+            .mint(&self.human_claims(sub, aud, scope))
+            .unwrap()
     }
 
     /// Every audit record, oldest first.
@@ -227,13 +276,23 @@ impl TestApp {
 pub fn claims_of(token: &str) -> Value {
     use base64::Engine;
     let payload = token.split('.').nth(1).unwrap();
-    serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap()
 }
 
 pub fn header_of(token: &str) -> Value {
     use base64::Engine;
     let h = token.split('.').next().unwrap();
-    serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(h).unwrap()).unwrap()
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(h)
+            .unwrap(),
+    )
+    .unwrap()
 }
 
 pub fn b64(bytes: &[u8]) -> String {
@@ -248,7 +307,11 @@ pub fn b64(bytes: &[u8]) -> String {
 
 /// A free TCP port on 127.0.0.1 (bound, read, released).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Like `TestApp::start`, with `extra_server_lines` added to the `[server]`
@@ -265,16 +328,29 @@ pub async fn start_with_server_toml(extra_server_lines: &str) -> TestApp {
     );
     let config = Config::from_sources(Some(&toml), std::iter::empty()).expect("test config");
     let clock = Arc::new(FixedClock::at(now()));
-    let server = Server::start(config, clock.clone()).await.expect("server starts");
+    let server = Server::start(config, clock.clone())
+        .await
+        .expect("server starts");
     let base = format!("http://{}", server.http_addr);
     let grpc = server.grpc_addr;
-    TestApp { server, base, grpc, clock, dir, http: reqwest::Client::new() }
+    TestApp {
+        server,
+        base,
+        grpc,
+        clock,
+        dir,
+        http: reqwest::Client::new(),
+    }
 }
 
 /// An HTTP client for talking to spawned processes: no proxy, every request
 /// bounded in time.
 pub fn process_http_client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().timeout(std::time::Duration::from_secs(15)).build().unwrap()
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(std::time::Duration::from_secs(15))
+        .build()
+        .unwrap()
 }
 
 /// Sends a request and collects the parts tests assert on.
@@ -284,7 +360,12 @@ pub async fn send_request(req: reqwest::RequestBuilder) -> Reply {
     let headers = resp.headers().clone();
     let text = resp.text().await.unwrap_or_default();
     let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-    Reply { status, headers, body, text }
+    Reply {
+        status,
+        headers,
+        body,
+        text,
+    }
 }
 
 /// A child process that is killed and reaped when dropped.
@@ -300,7 +381,10 @@ impl Drop for KillOnDrop {
 
 impl KillOnDrop {
     /// Waits up to `within` for the process to exit on its own.
-    pub async fn wait_exit(&mut self, within: std::time::Duration) -> Option<std::process::ExitStatus> {
+    pub async fn wait_exit(
+        &mut self,
+        within: std::time::Duration,
+    ) -> Option<std::process::ExitStatus> {
         let deadline = std::time::Instant::now() + within;
         loop {
             if let Some(status) = self.0.try_wait().expect("try_wait") {
@@ -325,8 +409,14 @@ pub struct CmdOutput {
 impl CmdOutput {
     /// Stdout as one JSON value; the command must have succeeded.
     pub fn json(&self) -> Value {
-        assert_eq!(self.code, Some(0), "command failed; stderr: {}", self.stderr);
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("stdout is not one JSON value ({e}): {}", self.stdout))
+        assert_eq!(
+            self.code,
+            Some(0),
+            "command failed; stderr: {}",
+            self.stderr
+        );
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not one JSON value ({e}): {}", self.stdout))
     }
 }
 
@@ -350,13 +440,19 @@ impl BinEnv {
         let mut vars = vec![
             ("TESSERA_STORE_URL".to_string(), url),
             ("TESSERA_STORE_MAX_CONNECTIONS".to_string(), "4".to_string()),
-            ("TESSERA_KEYS_DIR".to_string(), dir.join("keys").display().to_string()),
+            (
+                "TESSERA_KEYS_DIR".to_string(),
+                dir.join("keys").display().to_string(),
+            ),
             ("TESSERA_LOG".to_string(), "warn".to_string()),
         ];
         if let Some(schema) = schema {
             vars.push(("TESSERA_STORE_SCHEMA".to_string(), schema));
         }
-        Self { dir: dir.to_path_buf(), vars }
+        Self {
+            dir: dir.to_path_buf(),
+            vars,
+        }
     }
 
     /// Sets (or replaces) one variable.
@@ -368,7 +464,9 @@ impl BinEnv {
 
     pub fn command(&self, args: &[&str]) -> std::process::Command {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"));
-        cmd.args(args).current_dir(&self.dir).stdin(std::process::Stdio::null());
+        cmd.args(args)
+            .current_dir(&self.dir)
+            .stdin(std::process::Stdio::null());
         for (k, _) in std::env::vars() {
             if k.starts_with("TESSERA_") {
                 cmd.env_remove(k);
@@ -396,7 +494,12 @@ impl BinEnv {
     /// Runs one command that must succeed and print one JSON value.
     pub async fn run_json(&self, args: &[&str]) -> Value {
         let out = self.run(args).await;
-        assert_eq!(out.code, Some(0), "tessera {args:?} failed; stderr: {}", out.stderr);
+        assert_eq!(
+            out.code,
+            Some(0),
+            "tessera {args:?} failed; stderr: {}",
+            out.stderr
+        );
         out.json()
     }
 
@@ -408,7 +511,8 @@ impl BinEnv {
             .set("TESSERA_SERVER_LISTEN", &format!("127.0.0.1:{http}"))
             .set("TESSERA_SERVER_GRPC_LISTEN", &format!("127.0.0.1:{grpc}"));
         let mut cmd = env.command(&["serve"]);
-        cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
+        cmd.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
         let mut child = cmd.spawn().expect("tessera serve spawns");
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -454,7 +558,10 @@ pub struct TesseraProcess {
 impl TesseraProcess {
     /// The next stderr line, if one comes within `within` (`None` also at EOF).
     pub async fn stderr_line(&mut self, within: std::time::Duration) -> Option<String> {
-        let line = tokio::time::timeout(within, self.stderr.recv()).await.ok().flatten()?;
+        let line = tokio::time::timeout(within, self.stderr.recv())
+            .await
+            .ok()
+            .flatten()?;
         self.stderr_seen.push(line.clone());
         Some(line)
     }
@@ -471,15 +578,26 @@ impl TesseraProcess {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
             if let Some(status) = self.child.0.try_wait().unwrap() {
-                panic!("tessera serve exited early ({status}); stderr:\n{}", self.drain_stderr());
+                panic!(
+                    "tessera serve exited early ({status}); stderr:\n{}",
+                    self.drain_stderr()
+                );
             }
-            let ready = self.http.get(format!("{}/readyz", self.base)).timeout(std::time::Duration::from_secs(2)).send().await;
+            let ready = self
+                .http
+                .get(format!("{}/readyz", self.base))
+                .timeout(std::time::Duration::from_secs(2))
+                .send()
+                .await;
             if ready.is_ok_and(|r| r.status() == 200) {
                 return;
             }
             if std::time::Instant::now() >= deadline {
                 let stderr = self.drain_stderr();
-                panic!("tessera serve at {} not ready within 30 s; stderr:\n{stderr}", self.base);
+                panic!(
+                    "tessera serve at {} not ready within 30 s; stderr:\n{stderr}",
+                    self.base
+                );
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
@@ -499,7 +617,12 @@ impl TesseraProcess {
     }
 
     /// POSTs a form, with HTTP Basic client authentication when given.
-    pub async fn post_form(&self, path: &str, basic: Option<(&str, &str)>, form: &[(&str, &str)]) -> Reply {
+    pub async fn post_form(
+        &self,
+        path: &str,
+        basic: Option<(&str, &str)>,
+        form: &[(&str, &str)],
+    ) -> Reply {
         let mut req = self.http.post(format!("{}{path}", self.base)).form(form);
         if let Some((id, secret)) = basic {
             req = req.basic_auth(id, Some(secret));
@@ -509,7 +632,10 @@ impl TesseraProcess {
 
     /// ext_authz over HTTP for `method path` with an optional bearer token.
     pub async fn authz(&self, method: &str, path: &str, token: Option<&str>) -> Reply {
-        let mut req = self.http.request(method.parse().unwrap(), format!("{}/ext_authz{path}", self.base));
+        let mut req = self.http.request(
+            method.parse().unwrap(),
+            format!("{}/ext_authz{path}", self.base),
+        );
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
@@ -529,10 +655,18 @@ impl TestEcKey {
     pub fn generate() -> Self {
         use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
         let rng = ring::rand::SystemRandom::new();
-        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap().as_ref().to_vec();
-        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &pkcs8, &rng).unwrap();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+            .unwrap()
+            .as_ref()
+            .to_vec();
+        let pair =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &pkcs8, &rng).unwrap();
         let point = pair.public_key().as_ref(); // 0x04 || x || y
-        Self { x: b64(&point[1..33]), y: b64(&point[33..65]), pkcs8 }
+        Self {
+            x: b64(&point[1..33]),
+            y: b64(&point[33..65]),
+            pkcs8,
+        }
     }
 
     /// The public key as a JWK.
@@ -544,7 +678,12 @@ impl TestEcKey {
     pub fn sign(&self, kid: &str, claims: &Value) -> String {
         let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
         header.kid = Some(kid.to_string());
-        jsonwebtoken::encode(&header, claims, &jsonwebtoken::EncodingKey::from_ec_der(&self.pkcs8)).unwrap()
+        jsonwebtoken::encode(
+            &header,
+            claims,
+            &jsonwebtoken::EncodingKey::from_ec_der(&self.pkcs8),
+        )
+        .unwrap()
     }
 
     /// A private_key_jwt assertion for `client_id` with audience `aud`, a

@@ -10,7 +10,13 @@ async fn introspection_reports_active_tokens_with_their_claims() {
     let (c, secret) = t.client("acme", &["internal"], &["a"]).await;
     let (rs, rs_secret) = t.client("acme", &["internal"], &[]).await;
     let token = t.service_token(&c, &secret, &[]).await;
-    let r = t.post_form("/oauth2/introspect", Some((&rs.client_id, &rs_secret)), &[("token", &token), ("token_type_hint", "access_token")]).await;
+    let r = t
+        .post_form(
+            "/oauth2/introspect",
+            Some((&rs.client_id, &rs_secret)),
+            &[("token", &token), ("token_type_hint", "access_token")],
+        )
+        .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.header("cache-control"), Some("no-store"));
     let b = &r.body;
@@ -25,10 +31,32 @@ async fn introspection_reports_active_tokens_with_their_claims() {
     assert_eq!(b["token_type"], "Bearer");
     assert!(b["exp"].is_i64() && b["iat"].is_i64() && b["jti"].is_string());
     let human = t.human_token("alice", "api", "profile");
-    let r = t.post_form("/oauth2/introspect", Some((&rs.client_id, &rs_secret)), &[("token", &human)]).await;
-    assert_eq!((r.body["active"].as_bool(), r.body["principal"].as_str(), r.body["sub"].as_str()), (Some(true), Some("human"), Some("alice")));
-    let rec = t.audit().await.into_iter().rev().find(|a| a.record.event == "introspection").unwrap();
-    assert_eq!((rec.record.decision.as_str(), rec.record.subject.as_deref()), ("allow", Some("alice")));
+    let r = t
+        .post_form(
+            "/oauth2/introspect",
+            Some((&rs.client_id, &rs_secret)),
+            &[("token", &human)],
+        )
+        .await;
+    assert_eq!(
+        (
+            r.body["active"].as_bool(),
+            r.body["principal"].as_str(),
+            r.body["sub"].as_str()
+        ),
+        (Some(true), Some("human"), Some("alice"))
+    );
+    let rec = t
+        .audit()
+        .await
+        .into_iter()
+        .rev()
+        .find(|a| a.record.event == "introspection")
+        .unwrap();
+    assert_eq!(
+        (rec.record.decision.as_str(), rec.record.subject.as_deref()),
+        ("allow", Some("alice"))
+    );
 }
 
 #[tokio::test]
@@ -39,9 +67,19 @@ async fn inactive_tokens_say_nothing_more() {
     let parts: Vec<&str> = token.split('.').collect();
     let tampered = format!("{}.{}.{}", parts[0], b64(br#"{"sub":"admin"}"#), parts[2]);
     let none = format!("{}.{}.", b64(br#"{"alg":"none","typ":"at+jwt"}"#), parts[1]);
-    let hs256 = format!("{}.{}.{}", b64(br#"{"alg":"HS256","typ":"at+jwt"}"#), parts[1], parts[2]);
+    let hs256 = format!(
+        "{}.{}.{}",
+        b64(br#"{"alg":"HS256","typ":"at+jwt"}"#),
+        parts[1],
+        parts[2]
+    );
     let oversized = format!("{token}{}", "A".repeat(9000));
-    let unknown_kid = format!("{}.{}.{}", b64(br#"{"alg":"ES256","typ":"at+jwt","kid":"nope"}"#), parts[1], parts[2]);
+    let unknown_kid = format!(
+        "{}.{}.{}",
+        b64(br#"{"alg":"ES256","typ":"at+jwt","kid":"nope"}"#),
+        parts[1],
+        parts[2]
+    );
     let wrong_typ = {
         let claims = t.human_claims("bob", "api", "");
         // Re-sign with the right key but a different typ through the jose module.
@@ -59,16 +97,39 @@ async fn inactive_tokens_say_nothing_more() {
         ("wrong typ", wrong_typ),
         ("sql", "' OR 1=1 --".to_string()),
     ] {
-        let r = t.post_form("/oauth2/introspect", Some((&c.client_id, &secret)), &[("token", &bad)]).await;
-        assert_eq!((r.status, &r.body), (200, &json!({"active": false})), "{name}");
+        let r = t
+            .post_form(
+                "/oauth2/introspect",
+                Some((&c.client_id, &secret)),
+                &[("token", &bad)],
+            )
+            .await;
+        assert_eq!(
+            (r.status, &r.body),
+            (200, &json!({"active": false})),
+            "{name}"
+        );
     }
     // Expired: time moves, nothing sleeps.
     t.clock.advance(301);
-    let r = t.post_form("/oauth2/introspect", Some((&c.client_id, &secret)), &[("token", &token)]).await;
+    let r = t
+        .post_form(
+            "/oauth2/introspect",
+            Some((&c.client_id, &secret)),
+            &[("token", &token)],
+        )
+        .await;
     assert_eq!(r.body, json!({"active": false}));
     let last = t.audit().await.pop().unwrap();
-    assert_eq!((last.record.event.as_str(), last.record.decision.as_str()), ("introspection", "deny"));
-    assert!(last.record.reason.contains("token_expired"), "{}", last.record.reason);
+    assert_eq!(
+        (last.record.event.as_str(), last.record.decision.as_str()),
+        ("introspection", "deny")
+    );
+    assert!(
+        last.record.reason.contains("token_expired"),
+        "{}",
+        last.record.reason
+    );
 }
 
 #[tokio::test]
@@ -76,12 +137,22 @@ async fn introspection_requires_client_authentication_and_a_token() {
     let t = TestApp::start().await;
     let (c, secret) = t.client("acme", &["internal"], &[]).await;
     let token = t.service_token(&c, &secret, &[]).await;
-    let r = t.post_form("/oauth2/introspect", None, &[("token", &token)]).await;
+    let r = t
+        .post_form("/oauth2/introspect", None, &[("token", &token)])
+        .await;
     assert_eq!((r.status, r.error()), (401, "invalid_client"));
     assert!(r.header("www-authenticate").is_some());
-    let r = t.post_form("/oauth2/introspect", Some((&c.client_id, "wrong")), &[("token", &token)]).await;
+    let r = t
+        .post_form(
+            "/oauth2/introspect",
+            Some((&c.client_id, "wrong")),
+            &[("token", &token)],
+        )
+        .await;
     assert_eq!((r.status, r.error()), (401, "invalid_client"));
-    let r = t.post_form("/oauth2/introspect", Some((&c.client_id, &secret)), &[]).await;
+    let r = t
+        .post_form("/oauth2/introspect", Some((&c.client_id, &secret)), &[])
+        .await;
     assert_eq!((r.status, r.error()), (400, "invalid_request"));
 }
 
@@ -90,20 +161,50 @@ async fn revoked_token_is_inactive_everywhere_on_this_replica_at_once() {
     let t = TestApp::start().await;
     let (c, secret) = t.client("acme", &["internal"], &[]).await;
     let token = t.service_token(&c, &secret, &[]).await;
-    assert_eq!(t.authz("GET", "/internal/x", Some(&token)).await.status, 200, "cached as verified");
-    let r = t.post_form("/oauth2/revoke", Some((&c.client_id, &secret)), &[("token", &token), ("token_type_hint", "access_token")]).await;
+    assert_eq!(
+        t.authz("GET", "/internal/x", Some(&token)).await.status,
+        200,
+        "cached as verified"
+    );
+    let r = t
+        .post_form(
+            "/oauth2/revoke",
+            Some((&c.client_id, &secret)),
+            &[("token", &token), ("token_type_hint", "access_token")],
+        )
+        .await;
     assert_eq!(r.status, 200);
-    let r = t.post_form("/oauth2/introspect", Some((&c.client_id, &secret)), &[("token", &token)]).await;
+    let r = t
+        .post_form(
+            "/oauth2/introspect",
+            Some((&c.client_id, &secret)),
+            &[("token", &token)],
+        )
+        .await;
     assert_eq!(r.body, json!({"active": false}));
     let r = t.authz("GET", "/internal/x", Some(&token)).await;
-    assert_eq!((r.status, r.body["reason"].as_str()), (401, Some("token_revoked")), "the verified-token cache never outlives a revocation");
-    let rec = t.audit().await.into_iter().find(|a| a.record.event == "revocation").unwrap();
+    assert_eq!(
+        (r.status, r.body["reason"].as_str()),
+        (401, Some("token_revoked")),
+        "the verified-token cache never outlives a revocation"
+    );
+    let rec = t
+        .audit()
+        .await
+        .into_iter()
+        .find(|a| a.record.event == "revocation")
+        .unwrap();
     assert_eq!(rec.record.decision, "allow");
     assert_eq!(rec.record.jti.as_deref(), claims_of(&token)["jti"].as_str());
 
     // A second server on the same store picks the revocation up at start.
     // (Cross-process propagation within a second is in `replicas`.)
-    let revoked = t.app().store.revocations_since(i64::MIN, now()).await.unwrap();
+    let revoked = t
+        .app()
+        .store
+        .revocations_since(i64::MIN, now())
+        .await
+        .unwrap();
     assert_eq!(revoked.len(), 1);
 }
 
@@ -115,23 +216,61 @@ async fn revocation_follows_rfc_7009() {
     let token = t.service_token(&c, &secret, &[]).await;
     // Invalid or unknown tokens: 200, nothing to do (§2.2).
     for bad in ["garbage", "a.b.c"] {
-        let r = t.post_form("/oauth2/revoke", Some((&c.client_id, &secret)), &[("token", bad)]).await;
+        let r = t
+            .post_form(
+                "/oauth2/revoke",
+                Some((&c.client_id, &secret)),
+                &[("token", bad)],
+            )
+            .await;
         assert_eq!(r.status, 200);
     }
     // Another client's token: refused, and the token stays active.
-    let r = t.post_form("/oauth2/revoke", Some((&other.client_id, &other_secret)), &[("token", &token)]).await;
+    let r = t
+        .post_form(
+            "/oauth2/revoke",
+            Some((&other.client_id, &other_secret)),
+            &[("token", &token)],
+        )
+        .await;
     assert_eq!((r.status, r.error()), (400, "unauthorized_client"));
-    let r = t.post_form("/oauth2/introspect", Some((&c.client_id, &secret)), &[("token", &token)]).await;
+    let r = t
+        .post_form(
+            "/oauth2/introspect",
+            Some((&c.client_id, &secret)),
+            &[("token", &token)],
+        )
+        .await;
     assert_eq!(r.body["active"], true);
-    let denied = t.audit().await.into_iter().rev().find(|a| a.record.event == "revocation").unwrap();
+    let denied = t
+        .audit()
+        .await
+        .into_iter()
+        .rev()
+        .find(|a| a.record.event == "revocation")
+        .unwrap();
     assert_eq!(denied.record.decision, "deny");
     // An admin client may revoke any token.
     let (admin, admin_secret) = t.client("ops", &["internal"], &["tessera:admin"]).await;
-    let r = t.post_form("/oauth2/revoke", Some((&admin.client_id, &admin_secret)), &[("token", &token)]).await;
+    let r = t
+        .post_form(
+            "/oauth2/revoke",
+            Some((&admin.client_id, &admin_secret)),
+            &[("token", &token)],
+        )
+        .await;
     assert_eq!(r.status, 200);
-    let r = t.post_form("/oauth2/introspect", Some((&c.client_id, &secret)), &[("token", &token)]).await;
+    let r = t
+        .post_form(
+            "/oauth2/introspect",
+            Some((&c.client_id, &secret)),
+            &[("token", &token)],
+        )
+        .await;
     assert_eq!(r.body["active"], false);
     // Unauthenticated revocation is refused.
-    let r = t.post_form("/oauth2/revoke", None, &[("token", &token)]).await;
+    let r = t
+        .post_form("/oauth2/revoke", None, &[("token", &token)])
+        .await;
     assert_eq!((r.status, r.error()), (401, "invalid_client"));
 }

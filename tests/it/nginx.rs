@@ -18,7 +18,12 @@ use serde_json::{json, Value};
 
 use crate::harness::*;
 
-const IDENTITY_HEADERS: [&str; 4] = ["x-tessera-subject", "x-tessera-principal", "x-tessera-tenant", "x-tessera-client-id"];
+const IDENTITY_HEADERS: [&str; 4] = [
+    "x-tessera-subject",
+    "x-tessera-principal",
+    "x-tessera-tenant",
+    "x-tessera-client-id",
+];
 
 fn nginx_binary() -> Option<String> {
     let candidates = match std::env::var("TESSERA_TEST_NGINX") {
@@ -26,7 +31,12 @@ fn nginx_binary() -> Option<String> {
         _ => vec!["nginx".to_string(), "/usr/sbin/nginx".to_string()],
     };
     candidates.into_iter().find(|c| {
-        Command::new(c).arg("-v").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+        Command::new(c)
+            .arg("-v")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
     })
 }
 
@@ -45,7 +55,11 @@ async fn upstream(State(seen): State<Seen>, headers: HeaderMap) -> Json<Value> {
     let echo: serde_json::Map<String, Value> = IDENTITY_HEADERS
         .iter()
         .map(|name| {
-            let values: Vec<&str> = headers.get_all(*name).iter().map(|v| v.to_str().unwrap_or("?")).collect();
+            let values: Vec<&str> = headers
+                .get_all(*name)
+                .iter()
+                .map(|v| v.to_str().unwrap_or("?"))
+                .collect();
             (name.to_string(), json!(values))
         })
         .collect();
@@ -99,7 +113,13 @@ http {{
 }
 
 /// Starts nginx and waits until it answers (at most 15 s).
-async fn start_nginx(bin: &str, dir: &std::path::Path, conf: &str, port: u16, http: &reqwest::Client) -> KillOnDrop {
+async fn start_nginx(
+    bin: &str,
+    dir: &std::path::Path,
+    conf: &str,
+    port: u16,
+    http: &reqwest::Client,
+) -> KillOnDrop {
     let conf_path = dir.join("nginx.conf");
     std::fs::write(&conf_path, conf).unwrap();
     let log = std::fs::File::create(dir.join("stderr.log")).unwrap();
@@ -121,9 +141,17 @@ async fn start_nginx(bin: &str, dir: &std::path::Path, conf: &str, port: u16, ht
     loop {
         if let Some(status) = nginx.0.try_wait().unwrap() {
             let log = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
-            panic!("nginx exited ({status}):\n{}\n{}", log("stderr.log"), log("error.log"));
+            panic!(
+                "nginx exited ({status}):\n{}\n{}",
+                log("stderr.log"),
+                log("error.log")
+            );
         }
-        let ready = http.get(format!("http://127.0.0.1:{port}/_ready")).timeout(Duration::from_secs(2)).send().await;
+        let ready = http
+            .get(format!("http://127.0.0.1:{port}/_ready"))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await;
         if ready.is_ok_and(|r| r.status() == 204) {
             return nginx;
         }
@@ -138,7 +166,9 @@ async fn nginx_auth_request_lets_only_allowed_requests_through_with_tessera_iden
         if std::env::var_os("CI").is_some() {
             panic!("nginx is required in CI: install it or set TESSERA_TEST_NGINX to its path");
         }
-        eprintln!("note: nginx not found (set TESSERA_TEST_NGINX); skipping the nginx auth_request test");
+        eprintln!(
+            "note: nginx not found (set TESSERA_TEST_NGINX); skipping the nginx auth_request test"
+        );
         return;
     };
     let t = start_with_server_toml("trust_original_request_headers = true").await;
@@ -149,19 +179,31 @@ async fn nginx_auth_request_lets_only_allowed_requests_through_with_tessera_iden
     let seen = Seen::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let upstream_port = listener.local_addr().unwrap().port();
-    let app = axum::Router::new().fallback(upstream).with_state(seen.clone());
+    let app = axum::Router::new()
+        .fallback(upstream)
+        .with_state(seen.clone());
     tokio::spawn(async move { axum::serve(listener, app).await });
 
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let http = process_http_client();
-    let _nginx = start_nginx(&bin, dir.path(), &nginx_conf(dir.path(), port, &t.base, upstream_port), port, &http).await;
+    let _nginx = start_nginx(
+        &bin,
+        dir.path(),
+        &nginx_conf(dir.path(), port, &t.base, upstream_port),
+        port,
+        &http,
+    )
+    .await;
     let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
 
     // A service token on /internal reaches the upstream with its identity;
     // the client's own X-Tessera-* headers are replaced, not appended.
     let r = send_request(
-        http.get(url("/internal/hello")).bearer_auth(&service).header("X-Tessera-Subject", "admin").header("X-Tessera-Tenant", "evil"),
+        http.get(url("/internal/hello"))
+            .bearer_auth(&service)
+            .header("X-Tessera-Subject", "admin")
+            .header("X-Tessera-Tenant", "evil"),
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.text);
@@ -176,7 +218,10 @@ async fn nginx_auth_request_lets_only_allowed_requests_through_with_tessera_iden
         "the upstream sees exactly the token's claims"
     );
     let claims = claims_of(&service);
-    assert_eq!((claims["sub"].as_str(), claims["tenant"].as_str()), (Some(c.client_id.as_str()), Some("acme")));
+    assert_eq!(
+        (claims["sub"].as_str(), claims["tenant"].as_str()),
+        (Some(c.client_id.as_str()), Some("acme"))
+    );
     assert_eq!(seen.count(), 1);
 
     // Refusals never reach the upstream.
@@ -186,7 +231,12 @@ async fn nginx_auth_request_lets_only_allowed_requests_through_with_tessera_iden
         ("/internal/hello", None, None, 401),
         ("/internal/hello", Some(&human), None, 403),
         // nginx overwrites X-Original-URI: the client cannot pick the checked route.
-        ("/internal/hello", Some(&human), Some(("X-Original-URI", "/api/hello")), 403),
+        (
+            "/internal/hello",
+            Some(&human),
+            Some(("X-Original-URI", "/api/hello")),
+            403,
+        ),
         ("/api/hello", Some(&service), None, 403),
     ];
     for (path, token, extra, status) in cases {
@@ -198,16 +248,42 @@ async fn nginx_auth_request_lets_only_allowed_requests_through_with_tessera_iden
             req = req.header(k, v);
         }
         let r = send_request(req).await;
-        assert_eq!(r.status, status, "{path} token={} extra={extra:?}: {}", token.is_some(), r.text);
-        assert_eq!(seen.count(), 1, "{path}: the upstream saw a refused request");
+        assert_eq!(
+            r.status,
+            status,
+            "{path} token={} extra={extra:?}: {}",
+            token.is_some(),
+            r.text
+        );
+        assert_eq!(
+            seen.count(),
+            1,
+            "{path}: the upstream saw a refused request"
+        );
         if status == 401 {
             let challenge = r.header("www-authenticate").unwrap_or("");
-            assert!(challenge.starts_with("Bearer realm=\"tessera\""), "challenge passed through: {challenge:?}");
+            assert!(
+                challenge.starts_with("Bearer realm=\"tessera\""),
+                "challenge passed through: {challenge:?}"
+            );
         }
     }
 
     // Tessera decided on the original method and path.
     let audit = t.audit().await;
-    let routes: Vec<&str> = audit.iter().filter(|a| a.record.event == "ext_authz").filter_map(|a| a.record.route.as_deref()).collect();
-    assert_eq!(routes, ["GET /internal/hello", "GET /internal/hello", "GET /internal/hello", "GET /api/hello"], "denials audited with the original route");
+    let routes: Vec<&str> = audit
+        .iter()
+        .filter(|a| a.record.event == "ext_authz")
+        .filter_map(|a| a.record.route.as_deref())
+        .collect();
+    assert_eq!(
+        routes,
+        [
+            "GET /internal/hello",
+            "GET /internal/hello",
+            "GET /internal/hello",
+            "GET /api/hello"
+        ],
+        "denials audited with the original route"
+    );
 }

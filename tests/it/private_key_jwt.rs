@@ -29,13 +29,18 @@ impl ClientKey {
     pub(crate) fn es256(kid: Option<&str>) -> Self {
         let rng = ring::rand::SystemRandom::new();
         let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
-        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap();
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+            .unwrap();
         let point = pair.public_key().as_ref();
         let mut jwk = json!({"kty": "EC", "crv": "P-256", "x": b64(&point[1..33]), "y": b64(&point[33..65]), "use": "sig"});
         if let Some(kid) = kid {
             jwk["kid"] = kid.into();
         }
-        Self { alg: Algorithm::ES256, signing: EncodingKey::from_ec_der(pkcs8.as_ref()), jwk }
+        Self {
+            alg: Algorithm::ES256,
+            signing: EncodingKey::from_ec_der(pkcs8.as_ref()),
+            jwk,
+        }
     }
 
     fn rs256(kid: Option<&str>) -> Self {
@@ -47,7 +52,11 @@ impl ClientKey {
         if let Some(kid) = kid {
             jwk["kid"] = kid.into();
         }
-        Self { alg: Algorithm::RS256, signing: EncodingKey::from_rsa_der(der.as_bytes()), jwk }
+        Self {
+            alg: Algorithm::RS256,
+            signing: EncodingKey::from_rsa_der(der.as_bytes()),
+            jwk,
+        }
     }
 
     fn ed25519(kid: Option<&str>) -> Self {
@@ -58,7 +67,11 @@ impl ClientKey {
         if let Some(kid) = kid {
             jwk["kid"] = kid.into();
         }
-        Self { alg: Algorithm::EdDSA, signing: EncodingKey::from_ed_der(pkcs8.as_ref()), jwk }
+        Self {
+            alg: Algorithm::EdDSA,
+            signing: EncodingKey::from_ed_der(pkcs8.as_ref()),
+            jwk,
+        }
     }
 
     fn kid(&self) -> Option<String> {
@@ -78,7 +91,12 @@ impl ClientKey {
 }
 
 pub(crate) fn jwk_set(keys: &[&ClientKey]) -> JwkSet {
-    JwkSet { keys: keys.iter().map(|k| serde_json::from_value::<Jwk>(k.jwk.clone()).unwrap()).collect() }
+    JwkSet {
+        keys: keys
+            .iter()
+            .map(|k| serde_json::from_value::<Jwk>(k.jwk.clone()).unwrap())
+            .collect(),
+    }
 }
 
 /// Registers a private_key_jwt client for audience `internal`.
@@ -119,7 +137,11 @@ async fn token_with(t: &TestApp, assertion: &str) -> Reply {
     t.post_form(
         "/oauth2/token",
         None,
-        &[("grant_type", "client_credentials"), ("client_assertion_type", JWT_BEARER), ("client_assertion", assertion)],
+        &[
+            ("grant_type", "client_credentials"),
+            ("client_assertion_type", JWT_BEARER),
+            ("client_assertion", assertion),
+        ],
     )
     .await
 }
@@ -127,22 +149,37 @@ async fn token_with(t: &TestApp, assertion: &str) -> Reply {
 /// Checks the RFC 6749 §5.2 refusal and its audit record.
 async fn assert_refused(t: &TestApp, r: &Reply, reason: &str, assertion: &str) {
     assert_eq!((r.status, r.error()), (401, "invalid_client"), "{}", r.text);
-    assert!(r.header("www-authenticate").is_some(), "401 carries a challenge");
+    assert!(
+        r.header("www-authenticate").is_some(),
+        "401 carries a challenge"
+    );
     assert_eq!(r.header("cache-control"), Some("no-store"));
     let audit = t.audit().await;
     let last = &audit.last().expect("refusal audited").record;
     assert_eq!(
-        (last.event.as_str(), last.decision.as_str(), last.reason.as_str()),
+        (
+            last.event.as_str(),
+            last.decision.as_str(),
+            last.reason.as_str()
+        ),
         ("client_authentication", "deny", reason),
         "{last:?}"
     );
     let record_text = serde_json::to_string(last).unwrap();
-    assert!(!record_text.contains(assertion), "the assertion is never audited");
+    assert!(
+        !record_text.contains(assertion),
+        "the assertion is never audited"
+    );
 }
 
 fn replace_payload(jwt: &str, claims: &Value) -> String {
     let parts: Vec<&str> = jwt.split('.').collect();
-    format!("{}.{}.{}", parts[0], b64(claims.to_string().as_bytes()), parts[2])
+    format!(
+        "{}.{}.{}",
+        parts[0],
+        b64(claims.to_string().as_bytes()),
+        parts[2]
+    )
 }
 
 // ---------------------------------------------------------------- accepted
@@ -162,10 +199,18 @@ async fn es256_assertion_with_kid_authenticates_the_client() {
     assert_eq!(claims["principal"], "service");
 
     let audit = t.audit().await;
-    assert!(audit.iter().all(|a| a.record.event != "client_authentication"));
-    let issued = audit.iter().find(|a| a.record.event == "token_issuance").expect("issuance audited");
+    assert!(audit
+        .iter()
+        .all(|a| a.record.event != "client_authentication"));
+    let issued = audit
+        .iter()
+        .find(|a| a.record.event == "token_issuance")
+        .expect("issuance audited");
     assert_eq!(issued.record.decision, "allow");
-    assert_eq!(issued.record.client_id.as_deref(), Some(c.client_id.as_str()));
+    assert_eq!(
+        issued.record.client_id.as_deref(),
+        Some(c.client_id.as_str())
+    );
 }
 
 #[tokio::test]
@@ -176,11 +221,17 @@ async fn es256_assertion_without_kid_is_checked_against_every_registered_key() {
     let other_ec = ClientKey::es256(Some("ec-0"));
     let ec = ClientKey::es256(Some("ec-1"));
     let c = key_client(&t, &[&rsa, &other_ec, &ec]).await;
-    let assertion = ec.sign_with_header(Header::new(Algorithm::ES256), &assertion_claims(&t, &c.client_id, &token_url(&t)));
+    let assertion = ec.sign_with_header(
+        Header::new(Algorithm::ES256),
+        &assertion_claims(&t, &c.client_id, &token_url(&t)),
+    );
     assert!(header_of(&assertion).get("kid").is_none());
     let r = token_with(&t, &assertion).await;
     assert_eq!(r.status, 200, "{}", r.text);
-    assert_eq!(claims_of(r.body["access_token"].as_str().unwrap())["sub"], c.client_id.as_str());
+    assert_eq!(
+        claims_of(r.body["access_token"].as_str().unwrap())["sub"],
+        c.client_id.as_str()
+    );
 }
 
 #[tokio::test]
@@ -188,9 +239,16 @@ async fn rs256_assertion_authenticates_the_client() {
     let t = TestApp::start().await;
     let key = ClientKey::rs256(Some("r1"));
     let c = key_client(&t, &[&key]).await;
-    let r = token_with(&t, &key.sign(&assertion_claims(&t, &c.client_id, &token_url(&t)))).await;
+    let r = token_with(
+        &t,
+        &key.sign(&assertion_claims(&t, &c.client_id, &token_url(&t))),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text);
-    assert_eq!(claims_of(r.body["access_token"].as_str().unwrap())["sub"], c.client_id.as_str());
+    assert_eq!(
+        claims_of(r.body["access_token"].as_str().unwrap())["sub"],
+        c.client_id.as_str()
+    );
 }
 
 #[tokio::test]
@@ -198,9 +256,16 @@ async fn eddsa_assertion_authenticates_the_client() {
     let t = TestApp::start().await;
     let key = ClientKey::ed25519(Some("e1"));
     let c = key_client(&t, &[&key]).await;
-    let r = token_with(&t, &key.sign(&assertion_claims(&t, &c.client_id, &token_url(&t)))).await;
+    let r = token_with(
+        &t,
+        &key.sign(&assertion_claims(&t, &c.client_id, &token_url(&t))),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text);
-    assert_eq!(claims_of(r.body["access_token"].as_str().unwrap())["sub"], c.client_id.as_str());
+    assert_eq!(
+        claims_of(r.body["access_token"].as_str().unwrap())["sub"],
+        c.client_id.as_str()
+    );
 }
 
 #[tokio::test]
@@ -231,7 +296,11 @@ async fn issuer_identifier_and_audience_lists_are_accepted_audiences() {
     let t = TestApp::start().await;
     let key = ClientKey::es256(Some("k1"));
     let c = key_client(&t, &[&key]).await;
-    let auds = [json!(t.base), json!(["https://elsewhere.example/", token_url(&t)]), json!([t.base.clone()])];
+    let auds = [
+        json!(t.base),
+        json!(["https://elsewhere.example/", token_url(&t)]),
+        json!([t.base.clone()]),
+    ];
     for aud in auds {
         let mut claims = assertion_claims(&t, &c.client_id, "");
         claims["aud"] = aud.clone();
@@ -245,7 +314,12 @@ async fn assertion_authenticates_at_the_introspection_endpoint_with_its_url_as_a
     let t = TestApp::start().await;
     let key = ClientKey::es256(Some("k1"));
     let c = key_client(&t, &[&key]).await;
-    let token = token_with(&t, &key.sign(&assertion_claims(&t, &c.client_id, &token_url(&t)))).await.body["access_token"]
+    let token = token_with(
+        &t,
+        &key.sign(&assertion_claims(&t, &c.client_id, &token_url(&t))),
+    )
+    .await
+    .body["access_token"]
         .as_str()
         .unwrap()
         .to_string();
@@ -255,14 +329,21 @@ async fn assertion_authenticates_at_the_introspection_endpoint_with_its_url_as_a
         .post_form(
             "/oauth2/introspect",
             None,
-            &[("token", &token), ("client_assertion_type", JWT_BEARER), ("client_assertion", &assertion)],
+            &[
+                ("token", &token),
+                ("client_assertion_type", JWT_BEARER),
+                ("client_assertion", &assertion),
+            ],
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.body["active"], true);
     assert_eq!(r.body["sub"], c.client_id.as_str());
     let last = t.audit().await.pop().unwrap().record;
-    assert_eq!((last.event.as_str(), last.decision.as_str()), ("introspection", "allow"));
+    assert_eq!(
+        (last.event.as_str(), last.decision.as_str()),
+        ("introspection", "allow")
+    );
 }
 
 #[tokio::test]
@@ -270,7 +351,11 @@ async fn assertion_for_the_introspection_endpoint_is_refused_at_the_token_endpoi
     let t = TestApp::start().await;
     let key = ClientKey::es256(Some("k1"));
     let c = key_client(&t, &[&key]).await;
-    let assertion = key.sign(&assertion_claims(&t, &c.client_id, &format!("{}/oauth2/introspect", t.base)));
+    let assertion = key.sign(&assertion_claims(
+        &t,
+        &c.client_id,
+        &format!("{}/oauth2/introspect", t.base),
+    ));
     let r = token_with(&t, &assertion).await;
     assert_refused(&t, &r, "assertion_wrong_audience", &assertion).await;
 }
@@ -287,14 +372,21 @@ async fn replayed_assertion_is_refused() {
     assert_eq!(token_with(&t, &assertion).await.status, 200);
     let r = token_with(&t, &assertion).await;
     assert_refused(&t, &r, "assertion_replayed", &assertion).await;
-    assert_eq!(t.audit().await.last().unwrap().record.client_id.as_deref(), Some(c.client_id.as_str()));
+    assert_eq!(
+        t.audit().await.last().unwrap().record.client_id.as_deref(),
+        Some(c.client_id.as_str())
+    );
 
     // Nor can it be spent at another endpoint.
     let r = t
         .post_form(
             "/oauth2/introspect",
             None,
-            &[("token", "x"), ("client_assertion_type", JWT_BEARER), ("client_assertion", &assertion)],
+            &[
+                ("token", "x"),
+                ("client_assertion_type", JWT_BEARER),
+                ("client_assertion", &assertion),
+            ],
         )
         .await;
     assert_refused(&t, &r, "assertion_replayed", &assertion).await;
@@ -313,9 +405,21 @@ async fn concurrent_uses_of_one_assertion_succeed_exactly_once() {
     let assertion = key.sign(&assertion_claims(&t, &c.client_id, &token_url(&t)));
     let replies = futures_util::future::join_all((0..20).map(|_| token_with(&t, &assertion))).await;
     let statuses: Vec<u16> = replies.iter().map(|r| r.status).collect();
-    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 1, "{statuses:?}");
-    assert!(replies.iter().filter(|r| r.status != 200).all(|r| (r.status, r.error()) == (401, "invalid_client")));
-    let replayed = t.audit().await.into_iter().filter(|a| a.record.reason == "assertion_replayed").count();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert!(replies
+        .iter()
+        .filter(|r| r.status != 200)
+        .all(|r| (r.status, r.error()) == (401, "invalid_client")));
+    let replayed = t
+        .audit()
+        .await
+        .into_iter()
+        .filter(|a| a.record.reason == "assertion_replayed")
+        .count();
     assert_eq!(replayed, 19);
 }
 
@@ -333,7 +437,9 @@ async fn replica_of(t: &TestApp) -> tessera::server::Server {
         t.dir.path().join("keys").display().to_string(),
     );
     let config = tessera::config::Config::from_sources(Some(&toml), std::iter::empty()).unwrap();
-    tessera::server::Server::start(config, t.clock.clone()).await.expect("replica starts")
+    tessera::server::Server::start(config, t.clock.clone())
+        .await
+        .expect("replica starts")
 }
 
 #[tokio::test]
@@ -343,10 +449,24 @@ async fn replayed_assertion_is_refused_even_by_another_replica() {
     let key = ClientKey::es256(Some("k1"));
     let c = key_client(&t, &[&key]).await;
     let assertion = key.sign(&assertion_claims(&t, &c.client_id, &token_url(&t)));
-    let form = [("grant_type", "client_credentials"), ("client_assertion_type", JWT_BEARER), ("client_assertion", assertion.as_str())];
+    let form = [
+        ("grant_type", "client_credentials"),
+        ("client_assertion_type", JWT_BEARER),
+        ("client_assertion", assertion.as_str()),
+    ];
 
-    let first = t.send(t.http.post(format!("http://{}/oauth2/token", replica.http_addr)).form(&form)).await;
-    assert_eq!(first.status, 200, "the replica accepts the fresh assertion: {}", first.text);
+    let first = t
+        .send(
+            t.http
+                .post(format!("http://{}/oauth2/token", replica.http_addr))
+                .form(&form),
+        )
+        .await;
+    assert_eq!(
+        first.status, 200,
+        "the replica accepts the fresh assertion: {}",
+        first.text
+    );
     let again = token_with(&t, &assertion).await;
     assert_refused(&t, &again, "assertion_replayed", &assertion).await;
     replica.shutdown().await;
@@ -362,12 +482,24 @@ async fn expired_assertion_is_refused() {
     claims["iat"] = (t.clock.now() - 300).into();
     claims["exp"] = (t.clock.now() - 120).into();
     let assertion = key.sign(&claims);
-    assert_refused(&t, &token_with(&t, &assertion).await, "assertion_expired", &assertion).await;
+    assert_refused(
+        &t,
+        &token_with(&t, &assertion).await,
+        "assertion_expired",
+        &assertion,
+    )
+    .await;
 
     // A valid assertion held past exp + skew.
     let assertion = key.sign(&assertion_claims(&t, &c.client_id, &token_url(&t)));
     t.clock.advance(121);
-    assert_refused(&t, &token_with(&t, &assertion).await, "assertion_expired", &assertion).await;
+    assert_refused(
+        &t,
+        &token_with(&t, &assertion).await,
+        "assertion_expired",
+        &assertion,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -378,7 +510,13 @@ async fn assertion_living_longer_than_an_hour_is_refused() {
     let mut claims = assertion_claims(&t, &c.client_id, &token_url(&t));
     claims["exp"] = (t.clock.now() + 2 * 3600).into();
     let assertion = key.sign(&claims);
-    assert_refused(&t, &token_with(&t, &assertion).await, "assertion_lifetime_too_long", &assertion).await;
+    assert_refused(
+        &t,
+        &token_with(&t, &assertion).await,
+        "assertion_lifetime_too_long",
+        &assertion,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -389,7 +527,13 @@ async fn assertion_without_exp_is_refused() {
     let mut claims = assertion_claims(&t, &c.client_id, &token_url(&t));
     claims.as_object_mut().unwrap().remove("exp");
     let assertion = key.sign(&claims);
-    assert_refused(&t, &token_with(&t, &assertion).await, "assertion_missing_exp", &assertion).await;
+    assert_refused(
+        &t,
+        &token_with(&t, &assertion).await,
+        "assertion_missing_exp",
+        &assertion,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -400,11 +544,23 @@ async fn assertion_without_jti_is_refused() {
     let mut claims = assertion_claims(&t, &c.client_id, &token_url(&t));
     claims.as_object_mut().unwrap().remove("jti");
     let assertion = key.sign(&claims);
-    assert_refused(&t, &token_with(&t, &assertion).await, "assertion_missing_jti", &assertion).await;
+    assert_refused(
+        &t,
+        &token_with(&t, &assertion).await,
+        "assertion_missing_jti",
+        &assertion,
+    )
+    .await;
 
     claims["jti"] = "".into();
     let assertion = key.sign(&claims);
-    assert_refused(&t, &token_with(&t, &assertion).await, "assertion_missing_jti", &assertion).await;
+    assert_refused(
+        &t,
+        &token_with(&t, &assertion).await,
+        "assertion_missing_jti",
+        &assertion,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -417,7 +573,13 @@ async fn assertion_not_yet_valid_is_refused() {
         claims[field] = (t.clock.now() + 600).into();
         claims["exp"] = (t.clock.now() + 900).into();
         let assertion = key.sign(&claims);
-        assert_refused(&t, &token_with(&t, &assertion).await, "assertion_not_yet_valid", &assertion).await;
+        assert_refused(
+            &t,
+            &token_with(&t, &assertion).await,
+            "assertion_not_yet_valid",
+            &assertion,
+        )
+        .await;
     }
 }
 
@@ -436,7 +598,13 @@ async fn assertion_for_another_audience_is_refused() {
         let mut claims = assertion_claims(&t, &c.client_id, "");
         claims["aud"] = aud;
         let assertion = key.sign(&claims);
-        assert_refused(&t, &token_with(&t, &assertion).await, "assertion_wrong_audience", &assertion).await;
+        assert_refused(
+            &t,
+            &token_with(&t, &assertion).await,
+            "assertion_wrong_audience",
+            &assertion,
+        )
+        .await;
     }
 }
 
@@ -449,11 +617,23 @@ async fn assertion_whose_iss_differs_from_sub_is_refused() {
     let mut claims = assertion_claims(&t, &c.client_id, &token_url(&t));
     claims["iss"] = other.client_id.clone().into();
     let assertion = key.sign(&claims);
-    assert_refused(&t, &token_with(&t, &assertion).await, "assertion_subject_mismatch", &assertion).await;
+    assert_refused(
+        &t,
+        &token_with(&t, &assertion).await,
+        "assertion_subject_mismatch",
+        &assertion,
+    )
+    .await;
 
     claims.as_object_mut().unwrap().remove("iss");
     let assertion = key.sign(&claims);
-    assert_refused(&t, &token_with(&t, &assertion).await, "assertion_missing_iss_or_sub", &assertion).await;
+    assert_refused(
+        &t,
+        &token_with(&t, &assertion).await,
+        "assertion_missing_iss_or_sub",
+        &assertion,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -499,7 +679,28 @@ async fn assertion_for_an_unknown_client_is_refused() {
     let key = ClientKey::es256(Some("k1"));
     key_client(&t, &[&key]).await;
     let assertion = key.sign(&assertion_claims(&t, "no-such-client", &token_url(&t)));
-    assert_refused(&t, &token_with(&t, &assertion).await, "unknown_client", &assertion).await;
+    assert_refused(
+        &t,
+        &token_with(&t, &assertion).await,
+        "unknown_client",
+        &assertion,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn assertion_naming_a_client_id_with_a_nul_byte_is_an_unknown_client() {
+    let t = TestApp::start().await;
+    let key = ClientKey::es256(Some("k1"));
+    key_client(&t, &[&key]).await;
+    let assertion = key.sign(&assertion_claims(&t, "client\u{0}id", &token_url(&t)));
+    assert_refused(
+        &t,
+        &token_with(&t, &assertion).await,
+        "unknown_client",
+        &assertion,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -513,14 +714,32 @@ async fn unsigned_alg_none_assertion_is_refused() {
 
     // The RFC 7519 §6.1 form: empty signature, reported as the algorithm it is.
     let unsecured = format!("{header}.{payload}.");
-    assert_refused(&t, &token_with(&t, &unsecured).await, "assertion_alg_not_accepted", &unsecured).await;
+    assert_refused(
+        &t,
+        &token_with(&t, &unsecured).await,
+        "assertion_alg_not_accepted",
+        &unsecured,
+    )
+    .await;
     // With some bytes where a signature would be.
     let junk = format!("{header}.{payload}.{}", b64(b"signature"));
-    assert_refused(&t, &token_with(&t, &junk).await, "assertion_alg_not_accepted", &junk).await;
+    assert_refused(
+        &t,
+        &token_with(&t, &junk).await,
+        "assertion_alg_not_accepted",
+        &junk,
+    )
+    .await;
     // Spelled differently.
     let header = b64(json!({"alg": "None", "kid": "k1"}).to_string().as_bytes());
     let junk = format!("{header}.{payload}.{}", b64(b"signature"));
-    assert_refused(&t, &token_with(&t, &junk).await, "assertion_alg_not_accepted", &junk).await;
+    assert_refused(
+        &t,
+        &token_with(&t, &junk).await,
+        "assertion_alg_not_accepted",
+        &junk,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -539,13 +758,21 @@ async fn hs256_assertion_keyed_with_the_clients_public_key_is_refused() {
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some("k1".into());
         let forged = encode(&header, &claims, &EncodingKey::from_secret(secret)).unwrap();
-        assert_refused(&t, &token_with(&t, &forged).await, "assertion_alg_not_accepted", &forged).await;
+        assert_refused(
+            &t,
+            &token_with(&t, &forged).await,
+            "assertion_alg_not_accepted",
+            &forged,
+        )
+        .await;
     }
 }
 
 fn base64_url(text: &str) -> Vec<u8> {
     use base64::Engine;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text).unwrap()
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(text)
+        .unwrap()
 }
 
 #[tokio::test]
@@ -558,7 +785,13 @@ async fn tampered_assertion_payload_is_refused() {
     let mut claims = claims_of(&assertion);
     claims["exp"] = (t.clock.now() + 1800).into();
     let tampered = replace_payload(&assertion, &claims);
-    assert_refused(&t, &token_with(&t, &tampered).await, "assertion_bad_signature", &tampered).await;
+    assert_refused(
+        &t,
+        &token_with(&t, &tampered).await,
+        "assertion_bad_signature",
+        &tampered,
+    )
+    .await;
     // The untouched original is still good: the tampered copy did not spend its jti.
     assert_eq!(token_with(&t, &assertion).await.status, 200);
 }
@@ -572,13 +805,26 @@ async fn assertion_signed_by_an_unregistered_key_is_refused() {
     for kid in [Some("k1"), None] {
         let intruder = ClientKey::es256(kid);
         let assertion = intruder.sign(&assertion_claims(&t, &c.client_id, &token_url(&t)));
-        assert_refused(&t, &token_with(&t, &assertion).await, "assertion_bad_signature", &assertion).await;
+        assert_refused(
+            &t,
+            &token_with(&t, &assertion).await,
+            "assertion_bad_signature",
+            &assertion,
+        )
+        .await;
     }
     // A registered key under the wrong kid finds no key to check with.
     let mut header = Header::new(Algorithm::ES256);
     header.kid = Some("k2".into());
-    let assertion = registered.sign_with_header(header, &assertion_claims(&t, &c.client_id, &token_url(&t)));
-    assert_refused(&t, &token_with(&t, &assertion).await, "assertion_bad_signature", &assertion).await;
+    let assertion =
+        registered.sign_with_header(header, &assertion_claims(&t, &c.client_id, &token_url(&t)));
+    assert_refused(
+        &t,
+        &token_with(&t, &assertion).await,
+        "assertion_bad_signature",
+        &assertion,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -590,15 +836,33 @@ async fn access_token_presented_as_assertion_is_refused() {
     let mut header = Header::new(Algorithm::ES256);
     header.kid = Some("k1".into());
     header.typ = Some("at+jwt".into());
-    let assertion = key.sign_with_header(header, &assertion_claims(&t, &c.client_id, &token_url(&t)));
-    assert_refused(&t, &token_with(&t, &assertion).await, "assertion_wrong_type", &assertion).await;
+    let assertion =
+        key.sign_with_header(header, &assertion_claims(&t, &c.client_id, &token_url(&t)));
+    assert_refused(
+        &t,
+        &token_with(&t, &assertion).await,
+        "assertion_wrong_type",
+        &assertion,
+    )
+    .await;
 
     // One of Tessera's own access tokens.
-    let access = token_with(&t, &key.sign(&assertion_claims(&t, &c.client_id, &token_url(&t)))).await.body["access_token"]
+    let access = token_with(
+        &t,
+        &key.sign(&assertion_claims(&t, &c.client_id, &token_url(&t))),
+    )
+    .await
+    .body["access_token"]
         .as_str()
         .unwrap()
         .to_string();
-    assert_refused(&t, &token_with(&t, &access).await, "assertion_wrong_type", &access).await;
+    assert_refused(
+        &t,
+        &token_with(&t, &access).await,
+        "assertion_wrong_type",
+        &access,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -610,7 +874,13 @@ async fn oversized_assertion_is_refused_before_parsing() {
     claims["pad"] = "a".repeat(8 * 1024).into();
     let assertion = key.sign(&claims);
     assert!(assertion.len() > 8 * 1024);
-    assert_refused(&t, &token_with(&t, &assertion).await, "assertion_too_large", &assertion).await;
+    assert_refused(
+        &t,
+        &token_with(&t, &assertion).await,
+        "assertion_too_large",
+        &assertion,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -618,9 +888,20 @@ async fn disabled_client_cannot_authenticate_with_an_assertion() {
     let t = TestApp::start().await;
     let key = ClientKey::es256(Some("k1"));
     let c = key_client(&t, &[&key]).await;
-    assert!(t.app().store.set_disabled(&c.client_id, true, t.clock.now()).await.unwrap());
+    assert!(t
+        .app()
+        .store
+        .set_disabled(&c.client_id, true, t.clock.now())
+        .await
+        .unwrap());
     let assertion = key.sign(&assertion_claims(&t, &c.client_id, &token_url(&t)));
-    assert_refused(&t, &token_with(&t, &assertion).await, "client_disabled", &assertion).await;
+    assert_refused(
+        &t,
+        &token_with(&t, &assertion).await,
+        "client_disabled",
+        &assertion,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -629,7 +910,13 @@ async fn secret_client_cannot_use_private_key_jwt() {
     let (c, _secret) = t.client("acme", &["internal"], &[]).await;
     let key = ClientKey::es256(Some("k1"));
     let assertion = key.sign(&assertion_claims(&t, &c.client_id, &token_url(&t)));
-    assert_refused(&t, &token_with(&t, &assertion).await, "client_has_no_keys", &assertion).await;
+    assert_refused(
+        &t,
+        &token_with(&t, &assertion).await,
+        "client_has_no_keys",
+        &assertion,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -639,39 +926,89 @@ async fn client_assertion_with_another_authentication_method_is_invalid_request(
     let c = key_client(&t, &[&key]).await;
     let (secret_client, secret) = t.client("acme", &["internal"], &[]).await;
     let assertion = key.sign(&assertion_claims(&t, &c.client_id, &token_url(&t)));
-    let base_form = [("grant_type", "client_credentials"), ("client_assertion_type", JWT_BEARER), ("client_assertion", assertion.as_str())];
+    let base_form = [
+        ("grant_type", "client_credentials"),
+        ("client_assertion_type", JWT_BEARER),
+        ("client_assertion", assertion.as_str()),
+    ];
 
     // client_secret in the body beside the assertion (RFC 6749 §2.3).
     let mut form = base_form.to_vec();
-    form.extend([("client_id", c.client_id.as_str()), ("client_secret", secret.as_str())]);
+    form.extend([
+        ("client_id", c.client_id.as_str()),
+        ("client_secret", secret.as_str()),
+    ]);
     let r = t.post_form("/oauth2/token", None, &form).await;
-    assert_eq!((r.status, r.error()), (400, "invalid_request"), "{}", r.text);
+    assert_eq!(
+        (r.status, r.error()),
+        (400, "invalid_request"),
+        "{}",
+        r.text
+    );
 
     // HTTP Basic beside the assertion.
-    let r = t.post_form("/oauth2/token", Some((&secret_client.client_id, &secret)), &base_form).await;
-    assert_eq!((r.status, r.error()), (400, "invalid_request"), "{}", r.text);
+    let r = t
+        .post_form(
+            "/oauth2/token",
+            Some((&secret_client.client_id, &secret)),
+            &base_form,
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.error()),
+        (400, "invalid_request"),
+        "{}",
+        r.text
+    );
 
     // An assertion without its type, or with another type.
-    let r = t.post_form("/oauth2/token", None, &[("grant_type", "client_credentials"), ("client_assertion", &assertion)]).await;
-    assert_eq!((r.status, r.error()), (400, "invalid_request"), "{}", r.text);
     let r = t
         .post_form(
             "/oauth2/token",
             None,
             &[
                 ("grant_type", "client_credentials"),
-                ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:saml2-bearer"),
                 ("client_assertion", &assertion),
             ],
         )
         .await;
-    assert_eq!((r.status, r.error()), (400, "invalid_request"), "{}", r.text);
+    assert_eq!(
+        (r.status, r.error()),
+        (400, "invalid_request"),
+        "{}",
+        r.text
+    );
+    let r = t
+        .post_form(
+            "/oauth2/token",
+            None,
+            &[
+                ("grant_type", "client_credentials"),
+                (
+                    "client_assertion_type",
+                    "urn:ietf:params:oauth:client-assertion-type:saml2-bearer",
+                ),
+                ("client_assertion", &assertion),
+            ],
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.error()),
+        (400, "invalid_request"),
+        "{}",
+        r.text
+    );
 
     // The assertion twice (RFC 6749 §3.2: parameters must not repeat).
     let mut form = base_form.to_vec();
     form.push(("client_assertion", assertion.as_str()));
     let r = t.post_form("/oauth2/token", None, &form).await;
-    assert_eq!((r.status, r.error()), (400, "invalid_request"), "{}", r.text);
+    assert_eq!(
+        (r.status, r.error()),
+        (400, "invalid_request"),
+        "{}",
+        r.text
+    );
 
     // None of these spent the assertion's jti.
     assert_eq!(token_with(&t, &assertion).await.status, 200);

@@ -88,7 +88,12 @@ pub fn validate(app: &App, client: &Client, params: Params) -> Result<Validated,
 
 /// Validates, mints, and returns only after the issuance is audited.
 /// `rec` is the issuance record [`super::handle`] started.
-pub async fn handle(app: &App, client: &Client, params: Params, mut rec: AuditRecord) -> Result<TokenResponse, OAuthError> {
+pub async fn handle(
+    app: &App,
+    client: &Client,
+    params: Params,
+    mut rec: AuditRecord,
+) -> Result<TokenResponse, OAuthError> {
     let validated = validate(app, client, params)?;
     let now = app.clock.now();
     let issuer = &app.issuers.service;
@@ -111,5 +116,10 @@ pub async fn handle(app: &App, client: &Client, params: Params, mut rec: AuditRe
     rec.reason = "client_credentials".into();
     app.audit.record(rec).await?;
     app.metrics.tokens_issued.inc();
-    Ok(TokenResponse { access_token, token_type: "Bearer", expires_in: validated.ttl, scope: claims.scope })
+    Ok(TokenResponse {
+        access_token,
+        token_type: "Bearer",
+        expires_in: validated.ttl,
+        scope: claims.scope,
+    })
 }

@@ -40,8 +40,18 @@ impl Grant {
 
 /// Runs the requested grant for an authenticated client. Every outcome,
 /// issued or refused, is audited before the answer goes out.
-pub async fn handle(app: &App, client: &Client, params: &FormParams, meta: &RequestMeta) -> Result<TokenResponse, OAuthError> {
-    let mut rec = AuditRecord::new(app.clock.now_millis(), Event::TokenIssuance, Decision::Allow, "");
+pub async fn handle(
+    app: &App,
+    client: &Client,
+    params: &FormParams,
+    meta: &RequestMeta,
+) -> Result<TokenResponse, OAuthError> {
+    let mut rec = AuditRecord::new(
+        app.clock.now_millis(),
+        Event::TokenIssuance,
+        Decision::Allow,
+        "",
+    );
     rec.client_id = Some(client.client_id.clone());
     rec.tenant = Some(client.tenant.clone());
     meta.fill(&mut rec);
