@@ -9,6 +9,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::issuer::Issuers;
 use crate::metrics::Metrics;
+use crate::oauth::client_cache::ClientCache;
 use crate::policy::PolicyHandle;
 use crate::revocation::Revocations;
 use crate::store::Store;
@@ -20,6 +21,8 @@ pub struct App {
     pub clock: Arc<dyn Clock>,
     /// Registry, replay and revocation state, audit log.
     pub store: Arc<dyn Store>,
+    /// Registered clients, cached and kept in step with the store.
+    pub clients: Arc<ClientCache>,
     /// The human and service issuers with their key rings and the
     /// verified-token cache.
     pub issuers: Issuers,
@@ -42,12 +45,14 @@ impl App {
             .map_err(|e| anyhow::anyhow!("configuration key `store.url`: {e:#}"))?;
         let issuers = Issuers::load(&config, clock.now())
             .map_err(|e| anyhow::anyhow!("configuration key `keys.dir`: {e:#}"))?;
+        let clients = Arc::new(ClientCache::load(store.clone()).await?);
         let revocations = Arc::new(Revocations::load(store.clone(), clock.now()).await?);
         let audit = AuditLog::spawn(store.clone(), config.audit.batch_max);
         Ok(Self {
             config,
             clock,
             store,
+            clients,
             issuers,
             revocations,
             policy,

@@ -21,6 +21,11 @@ CREATE TABLE client_secrets (
     PRIMARY KEY (client_id, digest)
 );
 
+-- Bumped by every change to clients or secrets; replicas poll it and drop
+-- their cached clients when it moves.
+CREATE TABLE registry_version (id INTEGER PRIMARY KEY, version BIGINT NOT NULL);
+INSERT INTO registry_version (id, version) VALUES (1, 0);
+
 -- private_key_jwt `jti`s, kept until the assertion expires.
 CREATE TABLE used_assertions (
     client_id  TEXT NOT NULL,

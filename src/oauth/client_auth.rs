@@ -7,6 +7,9 @@
 use base64::Engine;
 use serde::Deserialize;
 
+use std::sync::Arc;
+
+use super::client_cache::CachedClient;
 use super::{secret, OAuthError};
 use crate::app::App;
 use crate::audit::{AuditRecord, Decision, Event, RequestMeta};
@@ -202,12 +205,23 @@ pub async fn authenticate(
     }
 }
 
-async fn load_client(app: &App, id: &str) -> Result<Client, Failure> {
+/// Looks the client up (cached); `fresh` skips the cache.
+async fn load_client(
+    app: &App,
+    id: &str,
+    now: i64,
+    fresh: bool,
+) -> Result<Arc<CachedClient>, Failure> {
     if id.len() > 256 || id.chars().any(char::is_control) {
         return Err(fail(None, "unknown_client"));
     }
-    match app.store.get_client(id).await {
-        Ok(Some(c)) if c.disabled => Err(fail(Some(id), "client_disabled")),
+    let found = if fresh {
+        app.clients.fetch(id, now).await
+    } else {
+        app.clients.get(id, now).await
+    };
+    match found {
+        Ok(Some(c)) if c.client.disabled => Err(fail(Some(id), "client_disabled")),
         Ok(Some(c)) => Ok(c),
         Ok(None) => Err(fail(None, "unknown_client")),
         Err(e) => {
@@ -218,18 +232,19 @@ async fn load_client(app: &App, id: &str) -> Result<Client, Failure> {
 }
 
 async fn by_secret(app: &App, id: &str, presented: &str, now: i64) -> Result<Client, Failure> {
-    let client = load_client(app, id).await?;
-    let stored = app.store.live_secrets(id, now).await.map_err(|e| {
-        tracing::error!(error = %e, "secret lookup failed");
-        fail(Some(id), "store_error")
-    })?;
+    let mut entry = load_client(app, id, now, false).await?;
+    if !secret::matches(presented, &entry.live_secrets(now)) {
+        // The cache may predate a rotation: check the store before refusing.
+        entry = load_client(app, id, now, true).await?;
+    }
+    let stored = entry.live_secrets(now);
     if stored.is_empty() {
         return Err(fail(Some(id), "client_has_no_secret"));
     }
     if !secret::matches(presented, &stored) {
         return Err(fail(Some(id), "bad_secret"));
     }
-    Ok(client)
+    Ok(entry.client.clone())
 }
 
 async fn by_assertion(
@@ -268,7 +283,7 @@ async fn by_assertion(
     if iss != sub || form_client_id.is_some_and(|c| c != sub) {
         return Err(fail(form_client_id, "assertion_subject_mismatch"));
     }
-    let client = load_client(app, sub).await?;
+    let client = load_client(app, sub, now, false).await?.client.clone();
     let id = Some(sub);
     let Some(jwks) = &client.jwks else {
         return Err(fail(id, "client_has_no_keys"));

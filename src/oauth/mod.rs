@@ -3,6 +3,7 @@
 //! over [`crate::app::App`]; the HTTP adapters live in [`crate::http`].
 
 pub mod client_auth;
+pub mod client_cache;
 pub mod error;
 pub mod grants;
 pub mod introspection;

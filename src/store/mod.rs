@@ -72,6 +72,8 @@ pub trait ClientStore: Send + Sync {
     async fn live_secrets(&self, client_id: &str, now: i64) -> anyhow::Result<Vec<SecretDigest>>;
     /// Adds `new` and makes every other still-open secret expire at
     /// `old_expires_at`, in one transaction.
+    /// A counter that moves on every change made through this trait.
+    async fn registry_version(&self) -> anyhow::Result<i64>;
     async fn rotate_secret(
         &self,
         client_id: &str,

@@ -94,6 +94,9 @@ impl PgStore {
     }
 }
 
+/// Marks a registry change for every replica's client cache.
+const BUMP_REGISTRY: &str = "UPDATE registry_version SET version = version + 1 WHERE id = 1";
+
 fn json_list(text: &str) -> anyhow::Result<Vec<String>> {
     Ok(serde_json::from_str(text)?)
 }
@@ -172,8 +175,14 @@ macro_rules! sql_store {
                         .execute(&mut *tx)
                         .await?;
                 }
+                sqlx::query(BUMP_REGISTRY).execute(&mut *tx).await?;
                 tx.commit().await?;
                 Ok(())
+            }
+
+            async fn registry_version(&self) -> anyhow::Result<i64> {
+                let row = sqlx::query("SELECT version FROM registry_version WHERE id = 1").fetch_one(&self.pool).await?;
+                Ok(row.try_get("version")?)
             }
 
             async fn get_client(&self, client_id: &str) -> anyhow::Result<Option<Client>> {
@@ -187,12 +196,15 @@ macro_rules! sql_store {
             }
 
             async fn set_disabled(&self, client_id: &str, disabled: bool, now: i64) -> anyhow::Result<bool> {
+                let mut tx = self.pool.begin().await?;
                 let done = sqlx::query("UPDATE clients SET disabled = $1, updated_at = $2 WHERE id = $3")
                     .bind(disabled as i64)
                     .bind(now)
                     .bind(client_id)
-                    .execute(&self.pool)
+                    .execute(&mut *tx)
                     .await?;
+                sqlx::query(BUMP_REGISTRY).execute(&mut *tx).await?;
+                tx.commit().await?;
                 Ok(done.rows_affected() == 1)
             }
 
@@ -233,6 +245,7 @@ macro_rules! sql_store {
                     .bind(new.expires_at)
                     .execute(&mut *tx)
                     .await?;
+                sqlx::query(BUMP_REGISTRY).execute(&mut *tx).await?;
                 tx.commit().await?;
                 Ok(())
             }

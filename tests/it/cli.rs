@@ -122,6 +122,23 @@ async fn client_create_on_a_new_store_prints_the_client_with_its_secret_and_list
     );
 }
 
+/// Repeats the token request for at most one second until it answers `status`.
+async fn token_request_until(
+    server: &TesseraProcess,
+    id: &str,
+    secret: &str,
+    status: u16,
+) -> Reply {
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    loop {
+        let r = token_request(server, id, secret).await;
+        if r.status == status || std::time::Instant::now() >= deadline {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_disabled_client_gets_401_from_a_running_server_until_enabled_again() {
     let (_dir, env) = fresh();
@@ -136,7 +153,8 @@ async fn a_disabled_client_gets_401_from_a_running_server_until_enabled_again() 
         (disabled["client_id"].as_str(), &disabled["disabled"]),
         (Some(id.as_str()), &json!(true))
     );
-    let r = token_request(&server, &id, &secret).await;
+    // Replicas drop cached clients within a registry poll (250 ms).
+    let r = token_request_until(&server, &id, &secret, 401).await;
     assert_eq!((r.status, r.error()), (401, "invalid_client"), "{}", r.text);
     assert_eq!(
         env.run_json(&["client", "show", &id]).await["disabled"],
@@ -145,7 +163,7 @@ async fn a_disabled_client_gets_401_from_a_running_server_until_enabled_again() 
 
     let enabled = env.run_json(&["client", "enable", &id]).await;
     assert_eq!(enabled["disabled"], false);
-    let r = token_request(&server, &id, &secret).await;
+    let r = token_request_until(&server, &id, &secret, 200).await;
     assert_eq!(r.status, 200, "{}", r.text);
 
     let missing = env.run(&["client", "disable", "no-such-client"]).await;
