@@ -289,31 +289,8 @@ async fn client(
             }
             None => bail!("no client {client_id:?}"),
         },
-        ClientCommand::Disable { client_id } | ClientCommand::Enable { client_id }
-            if store.get_client(&client_id).await?.is_none() =>
-        {
-            bail!("no client {client_id:?}")
-        }
-        ClientCommand::Disable { client_id } => {
-            store.set_disabled(&client_id, true, now).await?;
-            print(client_json(
-                &store
-                    .get_client(&client_id)
-                    .await?
-                    .context("client vanished")?,
-            ));
-            Ok(0)
-        }
-        ClientCommand::Enable { client_id } => {
-            store.set_disabled(&client_id, false, now).await?;
-            print(client_json(
-                &store
-                    .get_client(&client_id)
-                    .await?
-                    .context("client vanished")?,
-            ));
-            Ok(0)
-        }
+        ClientCommand::Disable { client_id } => set_disabled(store, &client_id, true, now).await,
+        ClientCommand::Enable { client_id } => set_disabled(store, &client_id, false, now).await,
         ClientCommand::RotateSecret { client_id, overlap } => {
             let client = store
                 .get_client(&client_id)
@@ -331,6 +308,24 @@ async fn client(
             Ok(0)
         }
     }
+}
+
+async fn set_disabled(
+    store: &dyn Store,
+    client_id: &str,
+    disabled: bool,
+    now: i64,
+) -> anyhow::Result<i32> {
+    if !store.set_disabled(client_id, disabled, now).await? {
+        bail!("no client {client_id:?}");
+    }
+    print(client_json(
+        &store
+            .get_client(client_id)
+            .await?
+            .context("client vanished")?,
+    ));
+    Ok(0)
 }
 
 fn keys_command(config: &Config, clock: &dyn Clock, cmd: KeysCommand) -> anyhow::Result<i32> {

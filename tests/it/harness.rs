@@ -42,7 +42,7 @@ pub fn fresh_store(dir: &Path) -> (String, Option<String>) {
 }
 
 pub struct Builder {
-    extra_toml: String,
+    server_lines: String,
     policy: Option<String>,
 }
 
@@ -79,11 +79,11 @@ pub fn now() -> i64 {
 }
 
 impl Builder {
-    /// Extra TOML appended to the test configuration (sections must not
-    /// repeat ones the harness writes: server, store, keys, policy).
-    pub fn config(mut self, toml: &str) -> Self {
-        self.extra_toml.push_str(toml);
-        self.extra_toml.push('\n');
+    /// Extra lines for the `[server]` section the harness writes (e.g.
+    /// `trust_original_request_headers = true`).
+    pub fn server(mut self, lines: &str) -> Self {
+        self.server_lines.push_str(lines);
+        self.server_lines.push('\n');
         self
     }
 
@@ -108,12 +108,12 @@ impl Builder {
             None => String::new(),
         };
         let toml = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\ngrpc_listen = \"127.0.0.1:0\"\n\
+            "[server]\nlisten = \"127.0.0.1:0\"\ngrpc_listen = \"127.0.0.1:0\"\n{}\
              [store]\nurl = {url:?}\nschema = {:?}\nmax_connections = 4\n\
-             [keys]\ndir = {:?}\nreload_interval = \"200ms\"\n{policy_line}{}",
+             [keys]\ndir = {:?}\nreload_interval = \"200ms\"\n{policy_line}",
+            self.server_lines,
             schema.unwrap_or_default(),
             dir.path().join("keys").display().to_string(),
-            self.extra_toml
         );
         let config = Config::from_sources(Some(&toml), std::iter::empty()).expect("test config");
         let clock = Arc::new(FixedClock::at(now()));
@@ -136,7 +136,7 @@ impl Builder {
 impl TestApp {
     pub fn builder() -> Builder {
         Builder {
-            extra_toml: String::new(),
+            server_lines: String::new(),
             policy: None,
         }
     }
@@ -312,35 +312,6 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-/// Like `TestApp::start`, with `extra_server_lines` added to the `[server]`
-/// section the harness writes (e.g. `trust_original_request_headers = true`).
-pub async fn start_with_server_toml(extra_server_lines: &str) -> TestApp {
-    let dir = tempfile::tempdir().unwrap();
-    let (url, schema) = fresh_store(dir.path());
-    let toml = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\ngrpc_listen = \"127.0.0.1:0\"\n{extra_server_lines}\n\
-         [store]\nurl = {url:?}\nschema = {:?}\nmax_connections = 4\n\
-         [keys]\ndir = {:?}\nreload_interval = \"200ms\"\n",
-        schema.unwrap_or_default(),
-        dir.path().join("keys").display().to_string(),
-    );
-    let config = Config::from_sources(Some(&toml), std::iter::empty()).expect("test config");
-    let clock = Arc::new(FixedClock::at(now()));
-    let server = Server::start(config, clock.clone())
-        .await
-        .expect("server starts");
-    let base = format!("http://{}", server.http_addr);
-    let grpc = server.grpc_addr;
-    TestApp {
-        server,
-        base,
-        grpc,
-        clock,
-        dir,
-        http: reqwest::Client::new(),
-    }
 }
 
 /// An HTTP client for talking to spawned processes: no proxy, every request

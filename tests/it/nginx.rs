@@ -171,7 +171,10 @@ async fn nginx_auth_request_lets_only_allowed_requests_through_with_tessera_iden
         );
         return;
     };
-    let t = start_with_server_toml("trust_original_request_headers = true").await;
+    let t = TestApp::builder()
+        .server("trust_original_request_headers = true")
+        .start()
+        .await;
     let (c, secret) = t.client("acme", &["internal"], &["orders:read"]).await;
     let service = t.service_token(&c, &secret, &[]).await;
     let human = t.human_token("alice", "api", "");

@@ -235,37 +235,21 @@ async fn es256_assertion_without_kid_is_checked_against_every_registered_key() {
 }
 
 #[tokio::test]
-async fn rs256_assertion_authenticates_the_client() {
+async fn rs256_and_eddsa_assertions_authenticate_the_client() {
     let t = TestApp::start().await;
-    let key = ClientKey::rs256(Some("r1"));
-    let c = key_client(&t, &[&key]).await;
-    let r = token_with(
-        &t,
-        &key.sign(&assertion_claims(&t, &c.client_id, &token_url(&t))),
-    )
-    .await;
-    assert_eq!(r.status, 200, "{}", r.text);
-    assert_eq!(
-        claims_of(r.body["access_token"].as_str().unwrap())["sub"],
-        c.client_id.as_str()
-    );
-}
-
-#[tokio::test]
-async fn eddsa_assertion_authenticates_the_client() {
-    let t = TestApp::start().await;
-    let key = ClientKey::ed25519(Some("e1"));
-    let c = key_client(&t, &[&key]).await;
-    let r = token_with(
-        &t,
-        &key.sign(&assertion_claims(&t, &c.client_id, &token_url(&t))),
-    )
-    .await;
-    assert_eq!(r.status, 200, "{}", r.text);
-    assert_eq!(
-        claims_of(r.body["access_token"].as_str().unwrap())["sub"],
-        c.client_id.as_str()
-    );
+    for key in [ClientKey::rs256(Some("r1")), ClientKey::ed25519(Some("e1"))] {
+        let c = key_client(&t, &[&key]).await;
+        let r = token_with(
+            &t,
+            &key.sign(&assertion_claims(&t, &c.client_id, &token_url(&t))),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(
+            claims_of(r.body["access_token"].as_str().unwrap())["sub"],
+            c.client_id.as_str()
+        );
+    }
 }
 
 #[tokio::test]
