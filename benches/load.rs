@@ -5,13 +5,18 @@
 //! generator can do at best. See benches/README.md.
 //!
 //! Usage (through cargo, which builds in release):
-//!   cargo bench --bench load -- [--store sqlite|postgres] [--pg-url URL]
-//!       [--seconds S] [--warmup S] [--concurrency N] [--grpc-channels N]
-//!       [--max-tokens N] [--out FILE | --no-write]
-//! Internal: `load --ceiling-server PORT` runs the bare ceiling server.
+//!   cargo bench --bench load -- [--store sqlite|postgres|sqlite,postgres]
+//!       [--pg-url URL] [--seconds S] [--warmup S] [--concurrency N]
+//!       [--grpc-channels N] [--max-tokens N] [--results-dir DIR | --no-write]
+//! Several stores run one after another in this one process, so they all
+//! measure the same build.
+//! Internal: `load --ceiling-server HTTP_PORT GRPC_PORT` runs the bare
+//! ceiling server.
 
+use std::cell::Cell;
 use std::fmt::Write as _;
 use std::fs::File;
+use std::future::Future;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -33,7 +38,11 @@ use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
     HttpRequest, Request as AttrRequest,
 };
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+use envoy_types::pb::envoy::service::auth::v3::authorization_server::{
+    Authorization, AuthorizationServer,
+};
+use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
+use envoy_types::pb::google::rpc::Status as RpcStatus;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
@@ -71,6 +80,9 @@ impl StoreKind {
 
 #[derive(Debug, Clone)]
 struct Opts {
+    /// The stores to run, in order.
+    stores: Vec<StoreKind>,
+    /// The store of the current run.
     store: StoreKind,
     pg_url: String,
     seconds: f64,
@@ -78,7 +90,39 @@ struct Opts {
     concurrency: usize,
     grpc_channels: usize,
     max_tokens: usize,
-    out: Option<PathBuf>,
+    /// Where `<store>.md` is written; `None` with `--no-write`.
+    results_dir: Option<PathBuf>,
+}
+
+impl Opts {
+    fn out(&self) -> Option<PathBuf> {
+        self.results_dir
+            .as_ref()
+            .map(|d| d.join(format!("{}.md", self.store.name())))
+    }
+
+    fn stores_arg(&self) -> String {
+        let names: Vec<&str> = self.stores.iter().map(|s| s.name()).collect();
+        names.join(",")
+    }
+}
+
+fn parse_stores(list: &str) -> anyhow::Result<Vec<StoreKind>> {
+    let mut out = Vec::new();
+    for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let kind = match name {
+            "sqlite" => StoreKind::Sqlite,
+            "postgres" => StoreKind::Postgres,
+            other => bail!("store {other:?}: expected sqlite or postgres"),
+        };
+        if !out.contains(&kind) {
+            out.push(kind);
+        }
+    }
+    if out.is_empty() {
+        bail!("no store given");
+    }
+    Ok(out)
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T> {
@@ -92,12 +136,10 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T> {
 }
 
 fn parse_opts(args: &[String]) -> anyhow::Result<Opts> {
-    let store = match env_or("BENCH_STORE", "sqlite".to_string())?.as_str() {
-        "postgres" => StoreKind::Postgres,
-        _ => StoreKind::Sqlite,
-    };
+    let stores = parse_stores(&env_or("BENCH_STORE", "sqlite".to_string())?)?;
     let mut o = Opts {
-        store,
+        store: stores[0],
+        stores,
         pg_url: env_or(
             "BENCH_PG_URL",
             "postgres://postgres@127.0.0.1:5432/test".to_string(),
@@ -106,8 +148,8 @@ fn parse_opts(args: &[String]) -> anyhow::Result<Opts> {
         warmup: env_or("BENCH_WARMUP", 1.0)?,
         concurrency: env_or("BENCH_CONCURRENCY", 32)?,
         grpc_channels: env_or("BENCH_GRPC_CHANNELS", 4)?,
-        max_tokens: env_or("BENCH_MAX_TOKENS", 60_000)?,
-        out: None,
+        max_tokens: env_or("BENCH_MAX_TOKENS", 150_000)?,
+        results_dir: Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/results")),
     };
     let mut write = true;
     let mut it = args.iter();
@@ -121,11 +163,8 @@ fn parse_opts(args: &[String]) -> anyhow::Result<Opts> {
             // cargo bench passes --bench to harness = false targets.
             "--bench" => {}
             "--store" => {
-                o.store = match val()?.as_str() {
-                    "sqlite" => StoreKind::Sqlite,
-                    "postgres" => StoreKind::Postgres,
-                    other => bail!("--store {other:?}: expected sqlite or postgres"),
-                }
+                o.stores = parse_stores(&val()?).context("--store")?;
+                o.store = o.stores[0];
             }
             "--pg-url" => o.pg_url = val()?,
             "--seconds" => o.seconds = val()?.parse().context("--seconds")?,
@@ -133,7 +172,7 @@ fn parse_opts(args: &[String]) -> anyhow::Result<Opts> {
             "--concurrency" => o.concurrency = val()?.parse().context("--concurrency")?,
             "--grpc-channels" => o.grpc_channels = val()?.parse().context("--grpc-channels")?,
             "--max-tokens" => o.max_tokens = val()?.parse().context("--max-tokens")?,
-            "--out" => o.out = Some(PathBuf::from(val()?)),
+            "--results-dir" => o.results_dir = Some(PathBuf::from(val()?)),
             "--no-write" => write = false,
             other => bail!("unknown argument {other:?} (see the top of benches/load.rs)"),
         }
@@ -148,15 +187,8 @@ fn parse_opts(args: &[String]) -> anyhow::Result<Opts> {
         bail!("--concurrency must be 1..=4096");
     }
     o.grpc_channels = o.grpc_channels.clamp(1, o.concurrency);
-    if write && o.out.is_none() {
-        o.out = Some(
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("benches/results")
-                .join(format!("{}.md", o.store.name())),
-        );
-    }
     if !write {
-        o.out = None;
+        o.results_dir = None;
     }
     Ok(o)
 }
@@ -252,10 +284,6 @@ impl Drop for ChildGuard {
             v.retain(|p| *p != pid);
         }
     }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(StdListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// Two distinct free ports.
@@ -707,13 +735,71 @@ fn print_progress(s: &Stats) {
 
 // ------------------------------------------------------------- scenarios
 
+/// Unrelated CPU load (in % of one core) above which a measured window
+/// counts as disturbed and is run again while the retry budget lasts.
+const NOISY_OTHER: f64 = 25.0;
+/// Most attempts at one scenario.
+const MAX_ATTEMPTS: usize = 3;
+
 struct Bench {
     opts: Opts,
+    /// Extra time left for running disturbed scenarios again.
+    retry_left: Cell<Duration>,
 }
 
 impl Bench {
     fn phase(&self) -> Phase {
         Phase::new(self.opts.warmup, self.opts.seconds)
+    }
+
+    fn spend(&self, d: Duration) {
+        self.retry_left.set(self.retry_left.get().saturating_sub(d));
+    }
+
+    /// After an attempt: whether to run it again because unrelated load
+    /// disturbed it. Waits (within the budget) for the machine to quiet
+    /// down first, and gives up if it does not.
+    async fn again(&self, s: &Stats, attempts: usize) -> bool {
+        let window = Duration::from_secs_f64(self.opts.warmup + self.opts.seconds);
+        let left = self.retry_left.get();
+        if s.other_cpu <= NOISY_OTHER || attempts >= MAX_ATTEMPTS || left < window {
+            return false;
+        }
+        eprintln!(
+            "bench:   unrelated load used {:.0}% of a core during that window; waiting for quiet to run it again",
+            s.other_cpu
+        );
+        let started = Instant::now();
+        let (busy, _) = wait_quiet((left - window).min(Duration::from_secs(20))).await;
+        self.spend(started.elapsed() + window);
+        busy < QUIET_BUSY
+    }
+
+    /// Runs `attempt`, again if unrelated load disturbed it (bounded),
+    /// and keeps the least disturbed attempt, with the tokens of all.
+    async fn measure<F, Fut>(&self, mut attempt: F) -> (Stats, Vec<Bytes>)
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = (Stats, Vec<Bytes>)>,
+    {
+        let mut tokens = Vec::new();
+        let mut others = Vec::new();
+        let mut best: Option<Stats> = None;
+        loop {
+            let (s, t) = attempt().await;
+            tokens.extend(t);
+            others.push(s.other_cpu);
+            let again = self.again(&s, others.len()).await;
+            if best.as_ref().is_none_or(|b| s.other_cpu < b.other_cpu) {
+                best = Some(s);
+            }
+            if !again {
+                break;
+            }
+        }
+        let mut best = best.expect("at least one attempt");
+        note_attempts(&mut best, &others);
+        (best, tokens)
     }
 
     /// Runs `concurrency` HTTP/1.1 keep-alive workers until the phase ends
@@ -757,20 +843,10 @@ impl Bench {
     async fn grpc(
         &self,
         name: &str,
-        addr: SocketAddr,
+        clients: &[AuthorizationClient<Channel>],
         server_pid: i32,
-        req: CheckRequest,
-    ) -> anyhow::Result<Stats> {
-        let mut clients = Vec::new();
-        for _ in 0..self.opts.grpc_channels {
-            let ch = Endpoint::from_shared(format!("http://{addr}"))?
-                .tcp_nodelay(true)
-                .connect_timeout(REQUEST_TIMEOUT)
-                .connect()
-                .await
-                .context("gRPC connect")?;
-            clients.push(AuthorizationClient::new(ch));
-        }
+        req: &CheckRequest,
+    ) -> (Stats, Vec<Bytes>) {
         let pg = self.opts.store == StoreKind::Postgres;
         let phase = self.phase();
         let sampler = tokio::spawn(async move {
@@ -793,8 +869,86 @@ impl Bench {
         let before = sampler.await.unwrap_or(after);
         let (s, _) = summarize(name, outs, &phase, (before, after));
         print_progress(&s);
-        Ok(s)
+        (s, Vec::new())
     }
+
+    /// Mints `n` tokens through the token endpoint, untimed.
+    async fn mint(
+        &self,
+        addr: SocketAddr,
+        pid: i32,
+        tpl: &Template,
+        n: usize,
+    ) -> (Vec<Bytes>, Stats) {
+        let left = Arc::new(AtomicUsize::new(n));
+        let tpl = tpl.clone();
+        let make: MakeFn = Arc::new(move || {
+            left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .ok()
+                .map(|_| tpl.build())
+        });
+        let phase = Phase {
+            measure: Instant::now(),
+            end: Instant::now() + MINT_BUDGET,
+        };
+        eprintln!("bench: minting {n} tokens for the first-seen run (untimed)");
+        let (m, tokens) = self
+            .http(
+                "(minting first-seen tokens)",
+                addr,
+                pid,
+                phase,
+                make,
+                expect_token(true),
+            )
+            .await;
+        (tokens, m)
+    }
+}
+
+fn note_attempts(s: &mut Stats, others: &[f64]) {
+    if others.len() > 1 {
+        let list: Vec<String> = others.iter().map(|o| format!("{o:.0}%")).collect();
+        let text = format!(
+            "run {} times because unrelated load disturbed it (other CPU per attempt: {}); the least disturbed attempt is reported",
+            others.len(),
+            list.join(", ")
+        );
+        s.note = Some(match s.note.take() {
+            Some(n) => format!("{n}; {text}"),
+            None => text,
+        });
+    }
+}
+
+fn bearer_value(token: &Bytes) -> HeaderValue {
+    let mut v = Vec::with_capacity(token.len() + 7);
+    v.extend_from_slice(b"Bearer ");
+    v.extend_from_slice(token);
+    HeaderValue::from_maybe_shared(Bytes::from(v)).expect("token header")
+}
+
+/// Tokens for one first-seen attempt, each handed out once.
+struct TokenPool {
+    list: Vec<HeaderValue>,
+    next: AtomicUsize,
+}
+
+async fn grpc_clients(
+    addr: SocketAddr,
+    n: usize,
+) -> anyhow::Result<Vec<AuthorizationClient<Channel>>> {
+    let mut clients = Vec::new();
+    for _ in 0..n {
+        let ch = Endpoint::from_shared(format!("http://{addr}"))?
+            .tcp_nodelay(true)
+            .connect_timeout(REQUEST_TIMEOUT)
+            .connect()
+            .await
+            .with_context(|| format!("gRPC connect to {addr}"))?;
+        clients.push(AuthorizationClient::new(ch));
+    }
+    Ok(clients)
 }
 
 fn fixed(template: Template) -> MakeFn {
@@ -986,6 +1140,7 @@ struct Results {
     json: Stats,
     mint: Stats,
     verify: Stats,
+    grpc_ceiling: Stats,
     issue: Stats,
     cached: Stats,
     first_seen: Stats,
@@ -1011,14 +1166,18 @@ async fn run(opts: Opts) -> anyhow::Result<Results> {
                 .as_secs()
         )
     });
-    let bench = Bench { opts: opts.clone() };
+    let bench = Bench {
+        opts: opts.clone(),
+        retry_left: Cell::new(Duration::from_secs_f64(retry_budget(&opts))),
+    };
     let quiet = wait_quiet(Duration::from_secs_f64(env_or("BENCH_QUIET_WAIT", 60.0)?)).await;
 
     // The ceiling server: this same binary, in its own process.
-    let cport = free_port()?;
+    let (cport, cgport) = free_ports()?;
     let caddr: SocketAddr = format!("127.0.0.1:{cport}").parse()?;
+    let cgaddr: SocketAddr = format!("127.0.0.1:{cgport}").parse()?;
     let mut ccmd = Command::new(std::env::current_exe()?);
-    ccmd.args(["--ceiling-server", &cport.to_string()]);
+    ccmd.args(["--ceiling-server", &cport.to_string(), &cgport.to_string()]);
     let mut ceiling = ChildGuard::spawn("ceiling server", ccmd, dir.path().join("ceiling.log"))?;
     wait_ready(&mut ceiling, caddr, "/json", Duration::from_secs(20)).await?;
 
@@ -1084,21 +1243,25 @@ async fn run(opts: Opts) -> anyhow::Result<Results> {
         drop(gc);
 
         // ---- ceilings.
+        let json_tpl = Template::new(Method::GET, caddr, "/json");
+        let json_check: CheckFn = Arc::new(|status, _, body: &Bytes| {
+            if status == StatusCode::OK && body.as_ref() == CEILING_JSON.as_bytes() {
+                Ok(None)
+            } else {
+                Err(describe(status, body))
+            }
+        });
         let (json, _) = bench
-            .http(
-                "bare JSON ceiling",
-                caddr,
-                cpid,
-                bench.phase(),
-                fixed(Template::new(Method::GET, caddr, "/json")),
-                Arc::new(|status, _, body: &Bytes| {
-                    if status == StatusCode::OK && body.as_ref() == CEILING_JSON.as_bytes() {
-                        Ok(None)
-                    } else {
-                        Err(describe(status, body))
-                    }
-                }),
-            )
+            .measure(|| {
+                bench.http(
+                    "bare JSON ceiling",
+                    caddr,
+                    cpid,
+                    bench.phase(),
+                    fixed(json_tpl.clone()),
+                    json_check.clone(),
+                )
+            })
             .await;
         // Same request shape as Tessera's token request.
         let mint_tpl = Template::new(Method::POST, caddr, "/mint")
@@ -1108,14 +1271,16 @@ async fn run(opts: Opts) -> anyhow::Result<Results> {
                 SCOPE.replace(':', "%3A")
             ));
         let (mint, _) = bench
-            .http(
-                "bare ES256 mint ceiling",
-                caddr,
-                cpid,
-                bench.phase(),
-                fixed(mint_tpl.clone()),
-                expect_token(false),
-            )
+            .measure(|| {
+                bench.http(
+                    "bare ES256 mint ceiling",
+                    caddr,
+                    cpid,
+                    bench.phase(),
+                    fixed(mint_tpl.clone()),
+                    expect_token(false),
+                )
+            })
             .await;
         let (s, _, body) = http_once(caddr, mint_tpl.build()).await?;
         let ceiling_token = access_token(&body)
@@ -1126,144 +1291,178 @@ async fn run(opts: Opts) -> anyhow::Result<Results> {
             ceiling_token.len(),
             claims_of(&ceiling_token)
         );
+        let verify_tpl = Template::new(Method::GET, caddr, "/verify")
+            .header(header::AUTHORIZATION, &format!("Bearer {ceiling_token}"));
         let (verify, _) = bench
-            .http(
-                "bare ES256 verify ceiling",
-                caddr,
-                cpid,
-                bench.phase(),
-                fixed(
-                    Template::new(Method::GET, caddr, "/verify")
-                        .header(header::AUTHORIZATION, &format!("Bearer {ceiling_token}")),
-                ),
-                expect_status(StatusCode::OK),
-            )
+            .measure(|| {
+                bench.http(
+                    "bare ES256 verify ceiling",
+                    caddr,
+                    cpid,
+                    bench.phase(),
+                    fixed(verify_tpl.clone()),
+                    expect_status(StatusCode::OK),
+                )
+            })
             .await;
+
+        // Not a target's ceiling, but shows what the gRPC stack and this
+        // generator manage on their own.
+        let ceiling_req = check_request(&ceiling_token);
+        let cclients = grpc_clients(cgaddr, opts.grpc_channels).await?;
+        let (grpc_ceiling, _) = bench
+            .measure(|| bench.grpc("bare gRPC Check ceiling", &cclients, cpid, &ceiling_req))
+            .await;
+        drop(cclients);
 
         // ---- Tessera: issuance (tokens kept for the first-seen run).
         let (issue, mut tokens) = bench
-            .http(
-                "client_credentials",
-                t.http,
-                tpid,
-                bench.phase(),
-                fixed(token_req.clone()),
-                expect_token(true),
-            )
+            .measure(|| {
+                bench.http(
+                    "client_credentials",
+                    t.http,
+                    tpid,
+                    bench.phase(),
+                    fixed(token_req.clone()),
+                    expect_token(true),
+                )
+            })
             .await;
 
         // Enough fresh tokens for the first-seen run at the bare verify rate.
         let want = ((verify.rps() * (opts.warmup + opts.seconds) * 1.15).ceil() as usize)
             .clamp(1000, opts.max_tokens.max(1000));
-        let minted_note = if tokens.len() < want {
-            let missing = want - tokens.len();
-            let left = Arc::new(AtomicUsize::new(missing));
-            let tpl = token_req.clone();
-            let make: MakeFn = Arc::new(move || {
-                left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-                    .ok()
-                    .map(|_| tpl.build())
-            });
+        let from_issuance = tokens.len().min(want);
+        let mut minted_note = if tokens.len() < want {
             let started = Instant::now();
-            let phase = Phase {
-                measure: Instant::now(),
-                end: Instant::now() + MINT_BUDGET,
-            };
-            eprintln!("bench: minting {missing} more tokens for the first-seen run (untimed)");
-            let (m, more) = bench
-                .http("(minting first-seen tokens)", t.http, tpid, phase, make, expect_token(true))
-                .await;
+            let (more, m) = bench.mint(t.http, tpid, &token_req, want - tokens.len()).await;
             tokens.extend(more);
             format!(
                 "{} tokens for the first-seen run: {} from the client_credentials run, {} minted before it in {:.1} s ({} errors)",
                 tokens.len(),
-                tokens.len() - m.ok as usize,
+                from_issuance,
                 m.ok,
                 started.elapsed().as_secs_f64(),
                 m.errors
             )
         } else {
-            format!(
-                "{} tokens for the first-seen run, all from the client_credentials run",
-                tokens.len()
-            )
+            format!("{want} tokens for the first-seen run, all from the client_credentials run")
         };
-        tokens.truncate(opts.max_tokens.max(want));
-        let bearers: Arc<Vec<HeaderValue>> = Arc::new(
-            tokens
-                .iter()
-                .map(|t| {
-                    let mut v = Vec::with_capacity(t.len() + 7);
-                    v.extend_from_slice(b"Bearer ");
-                    v.extend_from_slice(t);
-                    HeaderValue::from_maybe_shared(Bytes::from(v)).expect("token header")
-                })
-                .collect(),
-        );
+        tokens.truncate(want);
+        let mut unused: Vec<HeaderValue> = tokens.iter().map(bearer_value).collect();
         drop(tokens);
 
         let (cached, _) = bench
-            .http(
-                "ext_authz HTTP cached",
-                t.http,
-                tpid,
-                bench.phase(),
-                fixed(check_tpl.clone()),
-                expect_status(StatusCode::OK),
-            )
+            .measure(|| {
+                bench.http(
+                    "ext_authz HTTP cached",
+                    t.http,
+                    tpid,
+                    bench.phase(),
+                    fixed(check_tpl.clone()),
+                    expect_status(StatusCode::OK),
+                )
+            })
             .await;
 
-        let next = Arc::new(AtomicUsize::new(0));
+        // First-seen: every token is used once, so a second attempt needs
+        // tokens of its own.
         let first_tpl = Template::new(Method::GET, t.http, "/ext_authz/internal/bench");
-        let (list, idx) = (bearers.clone(), next.clone());
-        let make: MakeFn = Arc::new(move || {
-            let v = list.get(idx.fetch_add(1, Ordering::Relaxed))?.clone();
-            let mut r = first_tpl.build();
-            r.headers_mut().insert(header::AUTHORIZATION, v);
-            Some(r)
-        });
-        let (mut first_seen, _) = bench
-            .http(
-                "ext_authz HTTP first-seen",
-                t.http,
-                tpid,
-                bench.phase(),
-                make,
-                expect_status(StatusCode::OK),
-            )
-            .await;
-        if next.load(Ordering::Relaxed) >= bearers.len() {
-            first_seen.note = Some(format!(
-                "ran out of its {} pre-minted tokens after {:.1} s of the {} s window (raise BENCH_MAX_TOKENS)",
-                bearers.len(),
-                first_seen.secs,
-                opts.seconds
-            ));
+        let mut others = Vec::new();
+        let mut best: Option<Stats> = None;
+        loop {
+            let pool = Arc::new(TokenPool {
+                list: std::mem::take(&mut unused),
+                next: AtomicUsize::new(0),
+            });
+            let (p, tpl) = (pool.clone(), first_tpl.clone());
+            let make: MakeFn = Arc::new(move || {
+                let v = p.list.get(p.next.fetch_add(1, Ordering::Relaxed))?.clone();
+                let mut r = tpl.build();
+                r.headers_mut().insert(header::AUTHORIZATION, v);
+                Some(r)
+            });
+            let (mut s, _) = bench
+                .http(
+                    "ext_authz HTTP first-seen",
+                    t.http,
+                    tpid,
+                    bench.phase(),
+                    make,
+                    expect_status(StatusCode::OK),
+                )
+                .await;
+            let pool = Arc::try_unwrap(pool)
+                .ok()
+                .expect("every worker has finished");
+            let used = pool.next.into_inner().min(pool.list.len());
+            if used >= pool.list.len() {
+                s.note = Some(format!(
+                    "ran out of its {} pre-minted tokens after {:.1} s of the {} s window (raise BENCH_MAX_TOKENS)",
+                    pool.list.len(),
+                    s.secs,
+                    opts.seconds
+                ));
+            }
+            unused = pool.list;
+            unused.drain(..used);
+            others.push(s.other_cpu);
+            let again = bench.again(&s, others.len()).await;
+            if best.as_ref().is_none_or(|b| s.other_cpu < b.other_cpu) {
+                best = Some(s);
+            }
+            if !again {
+                break;
+            }
+            let need = want.max(used + used / 10);
+            if unused.len() < need {
+                let started = Instant::now();
+                let (more, m) = bench.mint(t.http, tpid, &token_req, need - unused.len()).await;
+                bench.spend(started.elapsed());
+                unused.extend(more.iter().map(bearer_value));
+                let _ = write!(
+                    minted_note,
+                    "; {} more minted in {:.1} s for a second first-seen attempt",
+                    m.ok,
+                    started.elapsed().as_secs_f64()
+                );
+            }
         }
+        drop(unused);
+        let mut first_seen = best.expect("at least one attempt");
+        note_attempts(&mut first_seen, &others);
 
-        let grpc = bench.grpc("ext_authz gRPC", t.grpc, tpid, grpc_req).await?;
+        let clients = grpc_clients(t.grpc, opts.grpc_channels).await?;
+        let (grpc, _) = bench
+            .measure(|| bench.grpc("ext_authz gRPC", &clients, tpid, &grpc_req))
+            .await;
+        drop(clients);
 
+        let intro_check: CheckFn = Arc::new(|status, _, body: &Bytes| {
+            if status == StatusCode::OK && find(body, br#""active":true"#).is_some() {
+                Ok(None)
+            } else {
+                Err(describe(status, body))
+            }
+        });
         let (introspect, _) = bench
-            .http(
-                "introspection",
-                t.http,
-                tpid,
-                bench.phase(),
-                fixed(intro_tpl),
-                Arc::new(|status, _, body: &Bytes| {
-                    if status == StatusCode::OK && find(body, br#""active":true"#).is_some() {
-                        Ok(None)
-                    } else {
-                        Err(describe(status, body))
-                    }
-                }),
-            )
+            .measure(|| {
+                bench.http(
+                    "introspection",
+                    t.http,
+                    tpid,
+                    bench.phase(),
+                    fixed(intro_tpl.clone()),
+                    intro_check.clone(),
+                )
+            })
             .await;
 
         Ok(Results {
             json,
             mint,
             verify,
+            grpc_ceiling,
             issue,
             cached,
             first_seen,
@@ -1306,6 +1505,14 @@ async fn drop_schema(url: &str, schema: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Seconds a run may spend re-running disturbed scenarios.
+fn retry_budget(opts: &Opts) -> f64 {
+    env_or("BENCH_RETRY_BUDGET", 90.0_f64)
+        .unwrap_or(90.0)
+        .max(0.0)
+        .min(20.0 * (opts.warmup + opts.seconds) + 120.0)
+}
+
 // ----------------------------------------------------------------- report
 
 fn nproc() -> usize {
@@ -1337,10 +1544,17 @@ fn git_describe() -> String {
     };
     match run(&["rev-parse", "--short", "HEAD"]) {
         Some(rev) => {
-            let dirty = run(&["status", "--porcelain", "--untracked-files=no"])
-                .is_some_and(|s| !s.is_empty());
+            let dirty = run(&[
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ".",
+                ":(exclude)benches",
+            ])
+            .is_some_and(|s| !s.is_empty());
             if dirty {
-                format!("{rev} (with uncommitted changes)")
+                format!("{rev} (with uncommitted changes outside benches/)")
             } else {
                 rev
             }
@@ -1348,6 +1562,9 @@ fn git_describe() -> String {
         None => "unknown".into(),
     }
 }
+
+/// A table row: the scenario and, for Tessera's, its ceiling and target.
+type Row<'a> = (&'a Stats, Option<(&'a Stats, &'static str, Target)>);
 
 struct Target {
     /// Throughput as a fraction of the ceiling's.
@@ -1398,13 +1615,13 @@ fn report(opts: &Opts, r: &Results) -> String {
     );
     let _ = writeln!(
         md,
-        "- store: {} · Tessera token {} bytes (ES256, TTL 1h) · command: `benches/run.sh` (`cargo bench --bench load -- --store {} --seconds {} --concurrency {}`)\n",
+        "- store: {} · Tessera token {} bytes (ES256, TTL 1h) · command: `benches/run.sh` (`cargo bench --bench load -- --store {} --seconds {} --concurrency {}`, the stores one after another in one process)\n",
         match opts.store {
             StoreKind::Sqlite => "SQLite (file in a temp dir)".to_string(),
             StoreKind::Postgres => "Postgres 127.0.0.1:5432, fresh schema".to_string(),
         },
         r.token_bytes,
-        opts.store.name(),
+        opts.stores_arg(),
         opts.seconds,
         opts.concurrency
     );
@@ -1413,10 +1630,11 @@ fn report(opts: &Opts, r: &Results) -> String {
         "| scenario | req/s | p50 ms | p99 ms | errors | vs ceiling | target | met |"
     );
     let _ = writeln!(md, "|---|---:|---:|---:|---:|---|---|---|");
-    let rows: [(&Stats, Option<(&Stats, &str, Target)>); 8] = [
+    let rows: [Row; 9] = [
         (&r.json, None),
         (&r.mint, None),
         (&r.verify, None),
+        (&r.grpc_ceiling, None),
         (
             &r.issue,
             Some((
@@ -1479,7 +1697,15 @@ fn report(opts: &Opts, r: &Results) -> String {
             Some((c, cname, t)) => {
                 let ratio = s.rps() / c.rps().max(1e-9);
                 let p99x = s.p99_ms / c.p99_ms.max(1e-9);
-                let text = format!("{:.0}% of {cname} req/s, p99 {:.2}×", ratio * 100.0, p99x);
+                let mut text = format!("{:.0}% of {cname} req/s, p99 {:.2}×", ratio * 100.0, p99x);
+                if std::ptr::eq(*s, &r.grpc) {
+                    let _ = write!(
+                        text,
+                        " (vs bare gRPC: {:.0}%, p99 {:.2}×)",
+                        s.rps() / r.grpc_ceiling.rps().max(1e-9) * 100.0,
+                        s.p99_ms / r.grpc_ceiling.p99_ms.max(1e-9)
+                    );
+                }
                 if t.min_ratio == 0.0 {
                     (text, "none (reported)".to_string(), "".to_string())
                 } else {
@@ -1682,7 +1908,34 @@ async fn ceiling_verify(State(c): State<Arc<Ceiling>>, headers: HeaderMap) -> St
     }
 }
 
-fn ceiling_server(port: u16) -> anyhow::Result<()> {
+/// The bare gRPC Check: allows any request that carries a bearer token.
+struct BareAuthz;
+
+#[tonic::async_trait]
+impl Authorization for BareAuthz {
+    async fn check(
+        &self,
+        request: tonic::Request<CheckRequest>,
+    ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+        let ok = request
+            .get_ref()
+            .attributes
+            .as_ref()
+            .and_then(|a| a.request.as_ref())
+            .and_then(|r| r.http.as_ref())
+            .and_then(|h| h.headers.get("authorization"))
+            .is_some_and(|v| v.starts_with("Bearer "));
+        Ok(tonic::Response::new(CheckResponse {
+            status: Some(RpcStatus {
+                code: if ok { 0 } else { 16 },
+                ..Default::default()
+            }),
+            ..Default::default()
+        }))
+    }
+}
+
+fn ceiling_server(port: u16, grpc_port: u16) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -1710,6 +1963,19 @@ fn ceiling_server(port: u16) -> anyhow::Result<()> {
             .route("/mint", post(ceiling_mint))
             .route("/verify", get(ceiling_verify))
             .with_state(state);
+        let grpc = tokio::net::TcpListener::bind(("127.0.0.1", grpc_port)).await?;
+        tokio::spawn(async move {
+            let served = tonic::transport::Server::builder()
+                .add_service(AuthorizationServer::new(BareAuthz))
+                .serve_with_incoming(
+                    tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),
+                )
+                .await;
+            if let Err(e) = served {
+                eprintln!("ceiling gRPC server: {e}");
+                std::process::exit(1);
+            }
+        });
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
         axum::serve(listener, app).await?;
         Ok(())
@@ -1721,11 +1987,12 @@ fn ceiling_server(port: u16) -> anyhow::Result<()> {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if let Some(i) = args.iter().position(|a| a == "--ceiling-server") {
-        let port = args
-            .get(i + 1)
-            .and_then(|p| p.parse().ok())
-            .expect("--ceiling-server PORT");
-        if let Err(e) = ceiling_server(port) {
+        let port = |j: usize| -> u16 {
+            args.get(j)
+                .and_then(|p| p.parse().ok())
+                .expect("--ceiling-server HTTP_PORT GRPC_PORT")
+        };
+        if let Err(e) = ceiling_server(port(i + 1), port(i + 2)) {
             eprintln!("ceiling server: {e:#}");
             std::process::exit(1);
         }
@@ -1742,8 +2009,9 @@ fn main() {
     // Watchdog: the whole run is bounded even if something hangs.
     let per = opts.warmup + opts.seconds + REQUEST_TIMEOUT.as_secs_f64() + 5.0;
     let quiet_wait: f64 = env_or("BENCH_QUIET_WAIT", 60.0).unwrap_or(60.0);
-    let budget =
-        Duration::from_secs_f64(120.0 + quiet_wait + 8.0 * per + MINT_BUDGET.as_secs_f64());
+    let per_store =
+        120.0 + quiet_wait + 10.0 * per + 2.0 * MINT_BUDGET.as_secs_f64() + retry_budget(&opts);
+    let budget = Duration::from_secs_f64(per_store * opts.stores.len() as f64);
     std::thread::spawn(move || {
         std::thread::sleep(budget);
         eprintln!("bench: watchdog: the run took longer than {budget:?}; stopping");
@@ -1768,31 +2036,42 @@ fn main() {
             kill_all_children();
             std::process::exit(130);
         });
-        let started = Instant::now();
-        match run(opts.clone()).await {
-            Ok(results) => {
-                let md = report(&opts, &results);
-                println!("\n{md}");
-                if let Some(out) = &opts.out {
-                    if let Some(parent) = out.parent() {
-                        let _ = std::fs::create_dir_all(parent);
-                    }
-                    match std::fs::write(out, &md) {
-                        Ok(()) => eprintln!("bench: wrote {}", out.display()),
-                        Err(e) => {
-                            eprintln!("bench: cannot write {}: {e}", out.display());
-                            return 1;
+        let mut code = 0;
+        for store in opts.stores.clone() {
+            let opts = Opts {
+                store,
+                ..opts.clone()
+            };
+            let started = Instant::now();
+            match run(opts.clone()).await {
+                Ok(results) => {
+                    let md = report(&opts, &results);
+                    println!("\n{md}");
+                    if let Some(out) = opts.out() {
+                        if let Some(parent) = out.parent() {
+                            let _ = std::fs::create_dir_all(parent);
+                        }
+                        match std::fs::write(&out, &md) {
+                            Ok(()) => eprintln!("bench: wrote {}", out.display()),
+                            Err(e) => {
+                                eprintln!("bench: cannot write {}: {e}", out.display());
+                                code = 1;
+                            }
                         }
                     }
+                    eprintln!(
+                        "bench: {} done in {:.0} s",
+                        store.name(),
+                        started.elapsed().as_secs_f64()
+                    );
                 }
-                eprintln!("bench: done in {:.0} s", started.elapsed().as_secs_f64());
-                0
-            }
-            Err(e) => {
-                eprintln!("bench: failed: {e:#}");
-                1
+                Err(e) => {
+                    eprintln!("bench: {} failed: {e:#}", store.name());
+                    code = 1;
+                }
             }
         }
+        code
     });
     drop(rt);
     std::process::exit(code);

@@ -47,30 +47,30 @@ ensure_postgres() {
     fi
 }
 
-# Build once up front (release), so that build time never overlaps a run.
-cargo bench --bench load --no-run
-
-status=0
+run_stores=()
 for store in $stores; do
     case "$store" in
-        sqlite) ;;
+        sqlite) run_stores+=(sqlite) ;;
         postgres)
-            if ! ensure_postgres; then
+            if ensure_postgres; then
+                run_stores+=(postgres)
+            else
                 echo "run.sh: Postgres is not reachable on 127.0.0.1:5432; skipping the Postgres run" >&2
-                continue
             fi
             ;;
         *)
             echo "run.sh: unknown store $store (expected sqlite or postgres)" >&2
-            status=1
-            continue
+            exit 2
             ;;
     esac
-    echo "run.sh: === $store ===" >&2
-    if ! cargo bench --bench load -- --store "$store" --pg-url "$pg_url" \
-        --seconds "$seconds" --concurrency "$concurrency" "$@"; then
-        echo "run.sh: the $store run failed" >&2
-        status=1
-    fi
 done
-exit "$status"
+if [ "${#run_stores[@]}" -eq 0 ]; then
+    echo "run.sh: no store to run" >&2
+    exit 1
+fi
+
+# One cargo invocation (release build, then the run) for every store, so
+# that all stores measure the same build even if the tree changes meanwhile.
+store_list="$(IFS=,; echo "${run_stores[*]}")"
+exec cargo bench --bench load -- --store "$store_list" --pg-url "$pg_url" \
+    --seconds "$seconds" --concurrency "$concurrency" "$@"
