@@ -64,9 +64,10 @@ CREATE TABLE audit_log (
     hash           TEXT NOT NULL
 );
 
--- One row whose update serializes chain appends across replicas.
-CREATE TABLE audit_lock (id INTEGER PRIMARY KEY, n BIGINT NOT NULL);
-INSERT INTO audit_lock (id, n) VALUES (1, 0);
+-- The chain's head (last seq and hash). Updating this row first serializes
+-- appends across replicas.
+CREATE TABLE audit_lock (id INTEGER PRIMARY KEY, n BIGINT NOT NULL, hash TEXT NOT NULL);
+INSERT INTO audit_lock (id, n, hash) VALUES (1, 0, '0000000000000000000000000000000000000000000000000000000000000000');
 
 CREATE FUNCTION audit_log_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN

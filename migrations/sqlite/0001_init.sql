@@ -64,9 +64,10 @@ CREATE TABLE audit_log (
     hash           TEXT NOT NULL
 );
 
--- One row whose update serializes chain appends across processes.
-CREATE TABLE audit_lock (id INTEGER PRIMARY KEY, n BIGINT NOT NULL);
-INSERT INTO audit_lock (id, n) VALUES (1, 0);
+-- The chain's head (last seq and hash). Updating this row first serializes
+-- appends across processes.
+CREATE TABLE audit_lock (id INTEGER PRIMARY KEY, n BIGINT NOT NULL, hash TEXT NOT NULL);
+INSERT INTO audit_lock (id, n, hash) VALUES (1, 0, '0000000000000000000000000000000000000000000000000000000000000000');
 
 CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
 BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;

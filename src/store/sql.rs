@@ -13,7 +13,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Executor, Row};
 
 use super::*;
-use crate::audit::{chain_hash, GENESIS};
+use crate::audit::chain_hash;
 
 /// SQLite file store (the embedded default).
 #[derive(Debug, Clone)]
@@ -305,17 +305,13 @@ macro_rules! sql_store {
                     return Ok(());
                 }
                 let mut tx = self.pool.begin().await?;
-                // Taking the row lock (Postgres) or the write lock (SQLite)
-                // first makes "read the head, append after it" atomic
-                // across every process writing to this database.
-                sqlx::query("UPDATE audit_lock SET n = n WHERE id = 1").execute(&mut *tx).await?;
-                let head = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-                    .fetch_optional(&mut *tx)
+                // Taking the head row's lock (Postgres) or the write lock
+                // (SQLite) while reading it makes "read the head, append
+                // after it" atomic across every process on this database.
+                let head = sqlx::query("UPDATE audit_lock SET n = n WHERE id = 1 RETURNING n, hash")
+                    .fetch_one(&mut *tx)
                     .await?;
-                let (mut seq, mut prev): (i64, String) = match head {
-                    Some(row) => (row.try_get("seq")?, row.try_get("hash")?),
-                    None => (0, GENESIS.to_string()),
-                };
+                let (mut seq, mut prev): (i64, String) = (head.try_get("n")?, head.try_get("hash")?);
                 for chunk in records.chunks(500) {
                     let mut q = sqlx::QueryBuilder::new(
                         "INSERT INTO audit_log (seq, ts, event, decision, reason, client_id, subject, principal, tenant, \
@@ -349,7 +345,11 @@ macro_rules! sql_store {
                     });
                     q.build().execute(&mut *tx).await?;
                 }
-                sqlx::query("UPDATE audit_lock SET n = $1 WHERE id = 1").bind(seq).execute(&mut *tx).await?;
+                sqlx::query("UPDATE audit_lock SET n = $1, hash = $2 WHERE id = 1")
+                    .bind(seq)
+                    .bind(&prev)
+                    .execute(&mut *tx)
+                    .await?;
                 tx.commit().await?;
                 Ok(())
             }
