@@ -17,7 +17,7 @@ impl IntoResponse for OAuthError {
         let status = StatusCode::from_u16(self.status()).unwrap_or(StatusCode::BAD_REQUEST);
         let mut resp = (
             status,
-            Json(json!({"error": self.code(), "error_description": self.description()})),
+            Json(json!({"error": self.code(), "error_description": rfc6749_text(&self.description())})),
         )
             .into_response();
         let h = resp.headers_mut();
@@ -44,4 +44,26 @@ pub fn no_store<T: serde::Serialize>(body: T) -> Response {
     resp.headers_mut()
         .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     resp
+}
+
+/// RFC 6749 §5.2 limits `error_description` to %x20-21 / %x23-5B / %x5D-7E:
+/// quotes and backslashes become apostrophes and slashes, anything else
+/// outside the range a question mark.
+fn rfc6749_text(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            '"' => '\'',
+            '\\' => '/',
+            ' '..='~' => c,
+            _ => '?',
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn descriptions_stay_in_the_rfc_6749_character_set() {
+        assert_eq!(super::rfc6749_text("audience \"a\\b\" é\n"), "audience 'a/b' ??");
+    }
 }
