@@ -10,22 +10,30 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 use crate::clock::Clock;
 use crate::store::RevocationStore;
 
 pub const SYNC_INTERVAL: Duration = Duration::from_millis(250);
-const WINDOW_SECS: i64 = 60;
+/// Overlap of each poll: absorbs late commits and clock differences
+/// between replicas of up to ten minutes.
+const WINDOW_SECS: i64 = 600;
+
+/// A replica whose last successful poll is older than this no longer knows
+/// which tokens are revoked, and its token checks fail closed.
+pub const MAX_STALENESS: Duration = Duration::from_secs(5);
 
 pub struct Revocations {
     store: Arc<dyn RevocationStore>,
     /// jti → token expiry.
     revoked: RwLock<HashMap<String, i64>>,
-    /// When the last successful poll started.
+    /// When the last successful poll started (the app clock, for the window).
     synced_at: AtomicI64,
+    /// When the last poll succeeded (monotonic, for staleness).
+    fresh_at: Mutex<Instant>,
 }
 
 impl std::fmt::Debug for Revocations {
@@ -45,7 +53,14 @@ impl Revocations {
             store,
             revoked: RwLock::new(revoked),
             synced_at: AtomicI64::new(now),
+            fresh_at: Mutex::new(Instant::now()),
         })
+    }
+
+    /// Whether the revocation set is too old to trust (the store has not
+    /// answered for [`MAX_STALENESS`]).
+    pub fn is_stale(&self) -> bool {
+        self.fresh_at.lock().elapsed() > MAX_STALENESS
     }
 
     pub fn is_revoked(&self, jti: &str) -> bool {
@@ -65,6 +80,7 @@ impl Revocations {
         let since = self.synced_at.load(Ordering::Relaxed).min(now) - WINDOW_SECS;
         let recent = self.store.revocations_since(since, now).await?;
         self.synced_at.store(now, Ordering::Relaxed);
+        *self.fresh_at.lock() = Instant::now();
         let mut set = self.revoked.write();
         for r in recent {
             set.insert(r.jti, r.expires_at);

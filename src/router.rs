@@ -25,6 +25,12 @@ pub fn router(app: AppState) -> Router {
         .route("/oauth2/introspect", post(oauth::introspect))
         .route("/oauth2/revoke", post(oauth::revoke))
         .route("/.well-known/oauth-authorization-server", get(discovery::authorization_server))
+        // RFC 8414 §3.1: metadata of an issuer with a path, at the path-inserted
+        // well-known URL; the same document as its OpenID configuration.
+        .route(
+            "/.well-known/oauth-authorization-server/issuers/{issuer}",
+            get(discovery::openid_configuration),
+        )
         .route("/issuers/{issuer}/.well-known/openid-configuration", get(discovery::openid_configuration))
         .route("/issuers/{issuer}/jwks.json", get(discovery::jwks))
         .route(ext_authz::http::PREFIX, any(ext_authz::http::handle))

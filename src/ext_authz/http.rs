@@ -52,9 +52,14 @@ pub async fn handle(
         CheckResponse::Allow { headers: upstream } => {
             let mut out = HeaderMap::new();
             for (k, v) in upstream {
-                if let (Ok(k), Ok(v)) = (HeaderName::try_from(k), HeaderValue::try_from(v)) {
-                    out.insert(k, v);
-                }
+                let (Ok(k), Ok(v)) = (HeaderName::try_from(k), HeaderValue::try_from(v)) else {
+                    // Allowing without every identity header would let a
+                    // client-sent copy reach the upstream: fail closed.
+                    tracing::error!("an identity header value cannot be sent; denying");
+                    let body = serde_json::json!({"error": "server_error", "error_description": "identity cannot be expressed as headers"});
+                    return (StatusCode::INTERNAL_SERVER_ERROR, Json(body)).into_response();
+                };
+                out.insert(k, v);
             }
             (StatusCode::OK, out).into_response()
         }

@@ -82,6 +82,11 @@ fn quote_safe(text: &str) -> String {
 }
 
 pub async fn check(app: &App, req: CheckRequest<'_>) -> CheckResponse {
+    if app.revocations.is_stale() {
+        // Without a current revocation set a revoked token could pass.
+        tracing::error!("denying: revocations have not been synced from the store recently");
+        return unavailable();
+    }
     let policy = app.policy.current();
     let method = req.method.to_ascii_uppercase();
     let path = canonical_path(req.path);
@@ -200,7 +205,7 @@ fn unavailable() -> CheckResponse {
     CheckResponse::Deny {
         status: 503,
         www_authenticate: None,
-        body: json!({"error": "temporarily_unavailable", "error_description": "audit log unavailable"}),
+        body: json!({"error": "temporarily_unavailable", "error_description": "a dependency of the decision is unavailable"}),
     }
 }
 

@@ -64,6 +64,9 @@ fn rfc6749_text(text: &str) -> String {
 mod tests {
     #[test]
     fn descriptions_stay_in_the_rfc_6749_character_set() {
-        assert_eq!(super::rfc6749_text("audience \"a\\b\" é\n"), "audience 'a/b' ??");
+        assert_eq!(
+            super::rfc6749_text("audience \"a\\b\" é\n"),
+            "audience 'a/b' ??"
+        );
     }
 }

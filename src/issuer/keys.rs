@@ -110,8 +110,12 @@ impl KeyRing {
             .collect()
     }
 
-    pub fn kids(&self) -> Vec<&str> {
-        self.keys.iter().map(|k| k.kid.as_str()).collect()
+    /// `(kid, activates_at)` of every key: what a reload compares.
+    pub fn schedule(&self) -> Vec<(&str, i64)> {
+        self.keys
+            .iter()
+            .map(|k| (k.kid.as_str(), k.activates_at))
+            .collect()
     }
 }
 

@@ -137,7 +137,7 @@ impl Issuer {
     /// Re-reads the key folder; returns whether the set of keys changed.
     fn reload(&self) -> anyhow::Result<bool> {
         let ring = KeyRing::from_files(keys::read_dir(&self.dir)?, self.grace())?;
-        let changed = ring.kids() != self.ring().kids();
+        let changed = ring.schedule() != self.ring().schedule();
         if changed {
             *self.ring.write() = Arc::new(ring);
         }
@@ -191,13 +191,19 @@ impl Issuers {
     /// Re-reads both key folders; a change empties the verified cache.
     pub fn reload(&self) -> anyhow::Result<()> {
         let mut changed = false;
+        let mut failure = None;
         for kind in IssuerKind::ALL {
-            changed |= self.get(kind).reload()?;
+            match self.get(kind).reload() {
+                Ok(c) => changed |= c,
+                Err(e) => failure = Some(e),
+            }
         }
+        // Even if one folder failed to load, a change in the other must
+        // empty the cache (a removed key must stop verifying at once).
         if changed {
             self.generation.fetch_add(1, Ordering::SeqCst);
         }
-        Ok(())
+        failure.map_or(Ok(()), Err)
     }
 
     /// Algorithms of the keys currently published, for discovery documents.

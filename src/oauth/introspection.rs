@@ -46,6 +46,11 @@ pub async fn introspect(
     token: &str,
     meta: &RequestMeta,
 ) -> Result<IntrospectionResponse, OAuthError> {
+    if app.revocations.is_stale() {
+        return Err(OAuthError::TemporarilyUnavailable(
+            "revocation state is not current, try again".into(),
+        ));
+    }
     let now = app.clock.now();
     let result = check_token(app, token, now);
     // The record describes the token; the caller who asked is named in the

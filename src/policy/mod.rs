@@ -278,21 +278,45 @@ pub fn decide(rule: &Rule, token: &VerifiedToken) -> Result<(), Denial> {
 /// differently from us.
 pub fn canonical_path(raw: &str) -> Result<&str, Denial> {
     let path = raw.split(['?', '#']).next().unwrap_or("");
-    let lower = path.to_ascii_lowercase();
     let bad = !path.starts_with('/')
         || path.contains("//")
         || path.contains('\\')
-        || lower.contains("%2f")
-        || lower.contains("%5c")
-        || lower.contains("%2e")
-        || lower.contains("%00")
+        // Matrix parameters (`/admin;x/`) that some servers strip.
+        || path.contains(';')
         || path.chars().any(char::is_control)
-        || path.split('/').any(|seg| seg == "." || seg == "..");
+        || path.split('/').any(|seg| seg == "." || seg == "..")
+        || !percent_encoding_is_canonical(path);
     if bad {
         Err(Denial::NonCanonicalPath)
     } else {
         Ok(path)
     }
+}
+
+/// RFC 3986 §6.2.2.2: unreserved characters are never percent-encoded in a
+/// normalized URI. An encoded letter, digit, `-._~`, a slash, backslash,
+/// `%` (double encoding) or control byte would let the rule see one path
+/// and the upstream another, so any of them, or a broken escape, is refused.
+fn percent_encoding_is_canonical(path: &str) -> bool {
+    let bytes = path.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let Some(hex) = path.get(i + 1..i + 3) else {
+                return false;
+            };
+            let Ok(b) = u8::from_str_radix(hex, 16) else {
+                return false;
+            };
+            if b.is_ascii_alphanumeric() || b"-._~/\\%".contains(&b) || b < 0x20 || b == 0x7f {
+                return false;
+            }
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    true
 }
 
 #[cfg(test)]
@@ -451,6 +475,20 @@ mod tests {
     #[test]
     fn canonical_paths() {
         assert_eq!(canonical_path("/internal/a?x=1"), Ok("/internal/a"));
+        assert_eq!(
+            canonical_path("/internal/a%20b%3A"),
+            Ok("/internal/a%20b%3A")
+        );
+        for bad in [
+            "/internal/%61dmin",
+            "/internal/admin;x/users",
+            "/internal/%252e%252e",
+            "/a%2",
+            "/a%zz",
+            "/a%7e",
+        ] {
+            assert_eq!(canonical_path(bad), Err(Denial::NonCanonicalPath), "{bad}");
+        }
         for bad in [
             "/api/../internal/x",
             "/api/./x",

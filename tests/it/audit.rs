@@ -13,13 +13,13 @@ use crate::private_key_jwt::{jwk_set, ClientKey, JWT_BEARER};
 
 /// A direct connection to the test's store, bypassing Tessera: what an
 /// operator (or intruder) with database access can do.
-enum RawDb {
+pub(crate) enum RawDb {
     Sqlite(sqlx::SqlitePool),
     Postgres(sqlx::PgPool),
 }
 
 impl RawDb {
-    async fn open(t: &TestApp) -> Self {
+    pub(crate) async fn open(t: &TestApp) -> Self {
         let store = &t.app().config.store;
         if store.url.starts_with("sqlite:") {
             let pool = sqlx::sqlite::SqlitePoolOptions::new()
@@ -47,7 +47,7 @@ impl RawDb {
     }
 
     /// Runs one statement; returns the rows affected.
-    async fn exec(&self, sql: &str) -> Result<u64, sqlx::Error> {
+    pub(crate) async fn exec(&self, sql: &str) -> Result<u64, sqlx::Error> {
         match self {
             RawDb::Sqlite(p) => sqlx::query(sql).execute(p).await.map(|r| r.rows_affected()),
             RawDb::Postgres(p) => sqlx::query(sql).execute(p).await.map(|r| r.rows_affected()),

@@ -56,6 +56,16 @@ async fn each_issuer_has_its_own_configuration_and_key_set() {
             conf.body["id_token_signing_alg_values_supported"],
             serde_json::json!(["ES256"])
         );
+        // RFC 8414 §3.1: the path-inserted metadata URL names the same issuer.
+        let rfc8414 = t
+            .get(&format!(
+                "/.well-known/oauth-authorization-server/issuers/{name}"
+            ))
+            .await;
+        assert_eq!(
+            (rfc8414.status, &rfc8414.body["issuer"]),
+            (200, &conf.body["issuer"])
+        );
         let jwks = t.get(&format!("/issuers/{name}/jwks.json")).await;
         assert_eq!(jwks.status, 200);
         assert_eq!(

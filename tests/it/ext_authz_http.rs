@@ -75,6 +75,24 @@ async fn builtin_policy_lets_each_credential_kind_through_only_its_own_routes() 
             403,
             "non_canonical_path",
         ),
+        (
+            "/internal/%61dmin",
+            &service_internal,
+            403,
+            "non_canonical_path",
+        ),
+        (
+            "/internal/admin;x/users",
+            &service_internal,
+            403,
+            "non_canonical_path",
+        ),
+        (
+            "/internal/%252e%252e/x",
+            &service_internal,
+            403,
+            "non_canonical_path",
+        ),
     ];
     for (path, token, status, reason) in cases {
         let r = t.authz("GET", path, Some(token)).await;

@@ -274,3 +274,41 @@ async fn revocation_follows_rfc_7009() {
         .await;
     assert_eq!((r.status, r.error()), (401, "invalid_client"));
 }
+
+#[tokio::test]
+async fn a_replica_that_cannot_read_revocations_fails_closed() {
+    let t = TestApp::start().await;
+    let (c, secret) = t.client("acme", &["internal"], &[]).await;
+    let token = t.service_token(&c, &secret, &[]).await;
+    assert_eq!(
+        t.authz("GET", "/internal/x", Some(&token)).await.status,
+        200
+    );
+    // The store stops answering revocation polls.
+    crate::audit::RawDb::open(&t)
+        .await
+        .exec("DROP TABLE revoked_tokens")
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now()
+        + tessera::revocation::MAX_STALENESS
+        + std::time::Duration::from_secs(3);
+    let mut r = t.authz("GET", "/internal/x", Some(&token)).await;
+    while r.status == 200 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        r = t.authz("GET", "/internal/x", Some(&token)).await;
+    }
+    assert_eq!(
+        (r.status, r.body["error"].as_str()),
+        (503, Some("temporarily_unavailable")),
+        "a stale revocation set never allows"
+    );
+    let r = t
+        .post_form(
+            "/oauth2/introspect",
+            Some((&c.client_id, &secret)),
+            &[("token", &token)],
+        )
+        .await;
+    assert_eq!((r.status, r.error()), (503, "temporarily_unavailable"));
+}

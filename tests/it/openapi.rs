@@ -146,6 +146,10 @@ const SERVED: &[(&str, &str)] = &[
     ("post", "/oauth2/revoke"),
     ("get", "/.well-known/oauth-authorization-server"),
     ("get", "/issuers/{issuer}/.well-known/openid-configuration"),
+    (
+        "get",
+        "/.well-known/oauth-authorization-server/issuers/{issuer}",
+    ),
     ("get", "/issuers/{issuer}/jwks.json"),
     ("get", "/healthz"),
     ("get", "/readyz"),
@@ -327,6 +331,13 @@ async fn real_responses_have_a_documented_status_content_type_and_schema() {
             "/issuers/{issuer}/.well-known/openid-configuration",
             200,
             t.get("/issuers/human/.well-known/openid-configuration")
+                .await,
+        ),
+        (
+            "get",
+            "/.well-known/oauth-authorization-server/issuers/{issuer}",
+            200,
+            t.get("/.well-known/oauth-authorization-server/issuers/service")
                 .await,
         ),
         (
