@@ -8,11 +8,11 @@
 //! reaches back to before it.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 
 use crate::clock::Clock;
 use crate::store::RevocationStore;
@@ -32,8 +32,10 @@ pub struct Revocations {
     revoked: RwLock<HashMap<String, i64>>,
     /// When the last successful poll started (the app clock, for the window).
     synced_at: AtomicI64,
-    /// When the last poll succeeded (monotonic, for staleness).
-    fresh_at: Mutex<Instant>,
+    /// Milliseconds after `started` of the last successful poll (monotonic,
+    /// for staleness; an atomic because every token check reads it).
+    fresh_at: AtomicU64,
+    started: Instant,
 }
 
 impl std::fmt::Debug for Revocations {
@@ -53,14 +55,17 @@ impl Revocations {
             store,
             revoked: RwLock::new(revoked),
             synced_at: AtomicI64::new(now),
-            fresh_at: Mutex::new(Instant::now()),
+            fresh_at: AtomicU64::new(0),
+            started: Instant::now(),
         })
     }
 
     /// Whether the revocation set is too old to trust (the store has not
     /// answered for [`MAX_STALENESS`]).
     pub fn is_stale(&self) -> bool {
-        self.fresh_at.lock().elapsed() > MAX_STALENESS
+        let since_start = self.started.elapsed().as_millis() as u64;
+        since_start.saturating_sub(self.fresh_at.load(Ordering::Relaxed))
+            > MAX_STALENESS.as_millis() as u64
     }
 
     pub fn is_revoked(&self, jti: &str) -> bool {
@@ -80,7 +85,8 @@ impl Revocations {
         let since = self.synced_at.load(Ordering::Relaxed).min(now) - WINDOW_SECS;
         let recent = self.store.revocations_since(since, now).await?;
         self.synced_at.store(now, Ordering::Relaxed);
-        *self.fresh_at.lock() = Instant::now();
+        self.fresh_at
+            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
         let mut set = self.revoked.write();
         for r in recent {
             set.insert(r.jti, r.expires_at);
