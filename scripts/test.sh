@@ -37,6 +37,10 @@ if ! psql "$TESSERA_TEST_DATABASE_URL" -qAtc 'select 1' >/dev/null 2>&1; then
   psql "${TESSERA_TEST_DATABASE_URL%/*}/postgres" -qc "CREATE DATABASE \"$db\"" || true
 fi
 
+# Each test makes its own schema (t_<uuid>); drop those earlier runs left.
+psql "$TESSERA_TEST_DATABASE_URL" -qAtc "SELECT format('DROP SCHEMA %I CASCADE;', nspname) FROM pg_namespace WHERE nspname LIKE 't\\_%'" \
+  | psql "$TESSERA_TEST_DATABASE_URL" -q >/dev/null 2>&1 || true
+
 step "nginx"
 if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
   apt_install nginx
