@@ -9,7 +9,7 @@ use sqlx::Executor;
 use tessera::audit::{verify_chain, StoredAudit, GENESIS};
 
 use crate::harness::*;
-use crate::private_key_jwt::{jwk_set, ClientKey, JWT_BEARER};
+use crate::private_key_jwt::{jwk_set, JWT_BEARER};
 
 /// A direct connection to the test's store, bypassing Tessera: what an
 /// operator (or intruder) with database access can do.

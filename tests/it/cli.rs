@@ -202,8 +202,8 @@ async fn rotate_secret_prints_a_new_secret_and_the_previous_one_keeps_working_du
 #[tokio::test]
 async fn client_create_with_jwks_registers_a_private_key_jwt_client_without_a_secret() {
     let (_dir, env) = fresh();
-    let key = TestEcKey::generate();
-    let file = write_jwks(&env, "jwks.json", &json!({"keys": [key.public_jwk("k1")]}));
+    let key = ClientKey::es256(Some("k1"));
+    let file = write_jwks(&env, "jwks.json", &json!({"keys": [key.jwk.clone()]}));
     let out = env
         .run(&[
             "client",
@@ -225,7 +225,7 @@ async fn client_create_with_jwks_registers_a_private_key_jwt_client_without_a_se
         "no secret for a private_key_jwt client: {c}"
     );
     assert_eq!(c["jwks"]["keys"][0]["kid"], "k1");
-    assert_eq!(c["jwks"]["keys"][0]["x"], key.x.as_str());
+    assert_eq!(c["jwks"]["keys"][0]["x"], key.jwk["x"]);
     let id = c["client_id"].as_str().unwrap();
 
     let rotate = env.run(&["client", "rotate-secret", id]).await;
@@ -241,8 +241,8 @@ async fn client_create_with_jwks_registers_a_private_key_jwt_client_without_a_se
 #[tokio::test]
 async fn client_create_refuses_a_jwks_holding_a_private_key() {
     let (_dir, env) = fresh();
-    let key = TestEcKey::generate();
-    let mut jwk = key.public_jwk("k1");
+    let key = ClientKey::es256(Some("k1"));
+    let mut jwk = key.jwk.clone();
     // Any "d" marks a private key; the registry must not accept one.
     jwk["d"] = json!(b64(&[7u8; 32]));
     let file = write_jwks(&env, "private.json", &json!({"keys": [jwk]}));

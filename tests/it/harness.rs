@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use reqwest::header::HeaderMap;
+use ring::signature::KeyPair;
 use serde_json::Value;
 use tessera::audit::StoredAudit;
 pub use tessera::clock::{Clock, FixedClock, SystemClock};
@@ -48,11 +49,62 @@ pub struct Builder {
 
 pub struct TestApp {
     pub server: Server,
-    pub base: String,
+    /// Requests to its HTTP listener (`t.base`, `t.http`, `t.get(..)`, …).
+    pub api: Api,
     pub grpc: SocketAddr,
     pub clock: Arc<FixedClock>,
     pub dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for TestApp {
+    type Target = Api;
+    fn deref(&self) -> &Api {
+        &self.api
+    }
+}
+
+/// The HTTP side of a running Tessera (in-process or a spawned binary),
+/// and the requests tests send it.
+pub struct Api {
+    pub base: String,
     pub http: reqwest::Client,
+}
+
+impl Api {
+    pub async fn send(&self, req: reqwest::RequestBuilder) -> Reply {
+        send_request(req).await
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.send(self.http.get(format!("{}{path}", self.base)))
+            .await
+    }
+
+    /// POSTs a form, with HTTP Basic client authentication when given.
+    pub async fn post_form(
+        &self,
+        path: &str,
+        basic: Option<(&str, &str)>,
+        form: &[(&str, &str)],
+    ) -> Reply {
+        let mut req = self.http.post(format!("{}{path}", self.base)).form(form);
+        if let Some((id, secret)) = basic {
+            req = req.basic_auth(id, Some(secret));
+        }
+        self.send(req).await
+    }
+
+    /// ext_authz over HTTP for `method path` with an optional bearer token.
+    pub async fn authz(&self, method: &str, path: &str, token: Option<&str>) -> Reply {
+        let mut req = self.http.request(
+            method.parse().unwrap(),
+            format!("{}/ext_authz{path}", self.base),
+        );
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        self.send(req).await
+    }
 }
 
 /// Response parts the tests assert on.
@@ -124,11 +176,13 @@ impl Builder {
         let grpc = server.grpc_addr;
         TestApp {
             server,
-            base,
+            api: Api {
+                base,
+                http: reqwest::Client::new(),
+            },
             grpc,
             clock,
             dir,
-            http: reqwest::Client::new(),
         }
     }
 }
@@ -179,29 +233,6 @@ impl TestApp {
             .expect("client registered")
     }
 
-    pub async fn send(&self, req: reqwest::RequestBuilder) -> Reply {
-        send_request(req).await
-    }
-
-    pub async fn get(&self, path: &str) -> Reply {
-        self.send(self.http.get(format!("{}{path}", self.base)))
-            .await
-    }
-
-    /// POSTs a form, with HTTP Basic client authentication when given.
-    pub async fn post_form(
-        &self,
-        path: &str,
-        basic: Option<(&str, &str)>,
-        form: &[(&str, &str)],
-    ) -> Reply {
-        let mut req = self.http.post(format!("{}{path}", self.base)).form(form);
-        if let Some((id, secret)) = basic {
-            req = req.basic_auth(id, Some(secret));
-        }
-        self.send(req).await
-    }
-
     /// A client_credentials token for a secret client.
     pub async fn service_token(
         &self,
@@ -249,16 +280,6 @@ impl TestApp {
     /// Every audit record, oldest first.
     pub async fn audit(&self) -> Vec<StoredAudit> {
         self.app().store.audit_tail(100_000).await.unwrap()
-    }
-
-    /// ext_authz over HTTP for `method path` with an optional bearer token.
-    pub async fn authz(&self, method: &str, path: &str, token: Option<&str>) -> Reply {
-        let url = format!("{}/ext_authz{path}", self.base);
-        let mut req = self.http.request(method.parse().unwrap(), url);
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        self.send(req).await
     }
 }
 
@@ -488,9 +509,11 @@ impl BinEnv {
         });
         TesseraProcess {
             child: KillOnDrop(child),
-            base: format!("http://127.0.0.1:{http}"),
+            api: Api {
+                base: format!("http://127.0.0.1:{http}"),
+                http: process_http_client(),
+            },
             grpc_port: grpc,
-            http: process_http_client(),
             stderr: rx,
             stderr_seen: Vec::new(),
         }
@@ -507,13 +530,19 @@ impl BinEnv {
 /// A running `tessera serve` (killed on drop).
 pub struct TesseraProcess {
     pub child: KillOnDrop,
-    /// Where it listens for HTTP (not necessarily its public URL).
-    pub base: String,
+    /// Requests to where it listens for HTTP (not necessarily its public URL).
+    pub api: Api,
     pub grpc_port: u16,
-    pub http: reqwest::Client,
     stderr: tokio::sync::mpsc::UnboundedReceiver<String>,
     /// Every stderr line read so far.
     pub stderr_seen: Vec<String>,
+}
+
+impl std::ops::Deref for TesseraProcess {
+    type Target = Api;
+    fn deref(&self) -> &Api {
+        &self.api
+    }
 }
 
 impl TesseraProcess {
@@ -572,88 +601,94 @@ impl TesseraProcess {
             .expect("kill runs");
         assert!(status.success(), "kill -TERM failed");
     }
-
-    pub async fn get(&self, path: &str) -> Reply {
-        send_request(self.http.get(format!("{}{path}", self.base))).await
-    }
-
-    /// POSTs a form, with HTTP Basic client authentication when given.
-    pub async fn post_form(
-        &self,
-        path: &str,
-        basic: Option<(&str, &str)>,
-        form: &[(&str, &str)],
-    ) -> Reply {
-        let mut req = self.http.post(format!("{}{path}", self.base)).form(form);
-        if let Some((id, secret)) = basic {
-            req = req.basic_auth(id, Some(secret));
-        }
-        send_request(req).await
-    }
-
-    /// ext_authz over HTTP for `method path` with an optional bearer token.
-    pub async fn authz(&self, method: &str, path: &str, token: Option<&str>) -> Reply {
-        let mut req = self.http.request(
-            method.parse().unwrap(),
-            format!("{}/ext_authz{path}", self.base),
-        );
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        send_request(req).await
-    }
 }
 
-/// An ES256 (P-256) key pair of a `private_key_jwt` client.
-pub struct TestEcKey {
-    pub pkcs8: Vec<u8>,
-    /// Base64url public coordinates.
-    pub x: String,
-    pub y: String,
+/// A client's key pair: the private half signs with `jsonwebtoken`, the
+/// public half is registered as a JWK.
+pub struct ClientKey {
+    pub alg: jsonwebtoken::Algorithm,
+    pub signing: jsonwebtoken::EncodingKey,
+    /// The public JWK as a client would submit it.
+    pub jwk: Value,
 }
 
-impl TestEcKey {
-    pub fn generate() -> Self {
-        use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+impl ClientKey {
+    pub fn es256(kid: Option<&str>) -> Self {
         let rng = ring::rand::SystemRandom::new();
-        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
-            .unwrap()
-            .as_ref()
-            .to_vec();
-        let pair =
-            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &pkcs8, &rng).unwrap();
-        let point = pair.public_key().as_ref(); // 0x04 || x || y
+        let pkcs8 = ring::signature::EcdsaKeyPair::generate_pkcs8(
+            &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            &rng,
+        )
+        .unwrap();
+        let pair = ring::signature::EcdsaKeyPair::from_pkcs8(
+            &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            pkcs8.as_ref(),
+            &rng,
+        )
+        .unwrap();
+        let point = pair.public_key().as_ref();
+        let mut jwk = serde_json::json!({"kty": "EC", "crv": "P-256", "x": b64(&point[1..33]), "y": b64(&point[33..65]), "use": "sig"});
+        if let Some(kid) = kid {
+            jwk["kid"] = kid.into();
+        }
         Self {
-            x: b64(&point[1..33]),
-            y: b64(&point[33..65]),
-            pkcs8,
+            alg: jsonwebtoken::Algorithm::ES256,
+            signing: jsonwebtoken::EncodingKey::from_ec_der(pkcs8.as_ref()),
+            jwk,
         }
     }
 
-    /// The public key as a JWK.
-    pub fn public_jwk(&self, kid: &str) -> Value {
-        serde_json::json!({"kty": "EC", "crv": "P-256", "x": self.x, "y": self.y, "kid": kid, "alg": "ES256", "use": "sig"})
+    pub fn rs256(kid: Option<&str>) -> Self {
+        use rsa::pkcs1::EncodeRsaPrivateKey;
+        use rsa::traits::PublicKeyParts;
+        let key = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048).unwrap();
+        let der = key.to_pkcs1_der().unwrap();
+        let mut jwk = serde_json::json!({"kty": "RSA", "n": b64(&key.n().to_bytes_be()), "e": b64(&key.e().to_bytes_be()), "alg": "RS256"});
+        if let Some(kid) = kid {
+            jwk["kid"] = kid.into();
+        }
+        Self {
+            alg: jsonwebtoken::Algorithm::RS256,
+            signing: jsonwebtoken::EncodingKey::from_rsa_der(der.as_bytes()),
+            jwk,
+        }
     }
 
-    /// A JWS over `claims`, signed with this key.
-    pub fn sign(&self, kid: &str, claims: &Value) -> String {
-        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
-        header.kid = Some(kid.to_string());
-        jsonwebtoken::encode(
-            &header,
-            claims,
-            &jsonwebtoken::EncodingKey::from_ec_der(&self.pkcs8),
-        )
-        .unwrap()
+    pub fn ed25519(kid: Option<&str>) -> Self {
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+        let pair = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+        let mut jwk = serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": b64(pair.public_key().as_ref())});
+        if let Some(kid) = kid {
+            jwk["kid"] = kid.into();
+        }
+        Self {
+            alg: jsonwebtoken::Algorithm::EdDSA,
+            signing: jsonwebtoken::EncodingKey::from_ed_der(pkcs8.as_ref()),
+            jwk,
+        }
+    }
+
+    pub fn kid(&self) -> Option<String> {
+        self.jwk["kid"].as_str().map(str::to_string)
+    }
+
+    /// Signs `claims` with header `{alg, typ: JWT, kid}` (kid when the JWK has one).
+    pub fn sign(&self, claims: &Value) -> String {
+        let mut header = jsonwebtoken::Header::new(self.alg);
+        header.kid = self.kid();
+        jsonwebtoken::encode(&header, claims, &self.signing).unwrap()
     }
 
     /// A private_key_jwt assertion for `client_id` with audience `aud`, a
-    /// fresh `jti` and a five-minute lifetime.
-    pub fn assertion(&self, kid: &str, client_id: &str, aud: &str) -> String {
+    /// fresh `jti` and a five-minute lifetime, on the wall clock (for
+    /// spawned servers, which do not share a test's clock).
+    pub fn assertion(&self, client_id: &str, aud: &str) -> String {
         let now = now();
-        self.sign(
-            kid,
-            &serde_json::json!({"iss": client_id, "sub": client_id, "aud": aud, "iat": now, "exp": now + 300, "jti": uuid::Uuid::new_v4().to_string()}),
-        )
+        self.sign(&serde_json::json!({"iss": client_id, "sub": client_id, "aud": aud, "iat": now, "exp": now + 300, "jti": uuid::Uuid::new_v4().to_string()}))
+    }
+
+    pub fn sign_with_header(&self, header: jsonwebtoken::Header, claims: &Value) -> String {
+        jsonwebtoken::encode(&header, claims, &self.signing).unwrap()
     }
 }

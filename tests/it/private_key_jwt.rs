@@ -6,7 +6,6 @@
 //! an audit record that says exactly why.
 
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
-use ring::signature::{EcdsaKeyPair, Ed25519KeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use serde_json::{json, Value};
 use tessera::jose::{Jwk, JwkSet};
 use tessera::registry::NewClient;
@@ -15,80 +14,6 @@ use tessera::store::Client;
 use crate::harness::*;
 
 pub(crate) const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
-
-/// A client's key pair: the private half signs with `jsonwebtoken`, the
-/// public half is registered as a JWK.
-pub(crate) struct ClientKey {
-    alg: Algorithm,
-    signing: EncodingKey,
-    /// The public JWK as a client would submit it.
-    jwk: Value,
-}
-
-impl ClientKey {
-    pub(crate) fn es256(kid: Option<&str>) -> Self {
-        let rng = ring::rand::SystemRandom::new();
-        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
-        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
-            .unwrap();
-        let point = pair.public_key().as_ref();
-        let mut jwk = json!({"kty": "EC", "crv": "P-256", "x": b64(&point[1..33]), "y": b64(&point[33..65]), "use": "sig"});
-        if let Some(kid) = kid {
-            jwk["kid"] = kid.into();
-        }
-        Self {
-            alg: Algorithm::ES256,
-            signing: EncodingKey::from_ec_der(pkcs8.as_ref()),
-            jwk,
-        }
-    }
-
-    fn rs256(kid: Option<&str>) -> Self {
-        use rsa::pkcs1::EncodeRsaPrivateKey;
-        use rsa::traits::PublicKeyParts;
-        let key = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048).unwrap();
-        let der = key.to_pkcs1_der().unwrap();
-        let mut jwk = json!({"kty": "RSA", "n": b64(&key.n().to_bytes_be()), "e": b64(&key.e().to_bytes_be()), "alg": "RS256"});
-        if let Some(kid) = kid {
-            jwk["kid"] = kid.into();
-        }
-        Self {
-            alg: Algorithm::RS256,
-            signing: EncodingKey::from_rsa_der(der.as_bytes()),
-            jwk,
-        }
-    }
-
-    fn ed25519(kid: Option<&str>) -> Self {
-        let rng = ring::rand::SystemRandom::new();
-        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
-        let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
-        let mut jwk = json!({"kty": "OKP", "crv": "Ed25519", "x": b64(pair.public_key().as_ref())});
-        if let Some(kid) = kid {
-            jwk["kid"] = kid.into();
-        }
-        Self {
-            alg: Algorithm::EdDSA,
-            signing: EncodingKey::from_ed_der(pkcs8.as_ref()),
-            jwk,
-        }
-    }
-
-    fn kid(&self) -> Option<String> {
-        self.jwk["kid"].as_str().map(str::to_string)
-    }
-
-    /// Signs `claims` with header `{alg, typ: JWT, kid}` (kid when the JWK has one).
-    pub(crate) fn sign(&self, claims: &Value) -> String {
-        let mut header = Header::new(self.alg);
-        header.kid = self.kid();
-        encode(&header, claims, &self.signing).unwrap()
-    }
-
-    fn sign_with_header(&self, header: Header, claims: &Value) -> String {
-        encode(&header, claims, &self.signing).unwrap()
-    }
-}
 
 pub(crate) fn jwk_set(keys: &[&ClientKey]) -> JwkSet {
     JwkSet {

@@ -156,12 +156,12 @@ async fn revoked_token_is_inactive_on_every_replica_within_a_second() {
 
 impl Replicas {
     /// A private_key_jwt client registered through the CLI with `key` as "k1".
-    async fn jwt_client(&self, key: &TestEcKey) -> String {
+    async fn jwt_client(&self, key: &ClientKey) -> String {
         let jwks = self
             .env
             .dir
             .join(format!("jwks-{}.json", uuid::Uuid::new_v4()));
-        std::fs::write(&jwks, json!({"keys": [key.public_jwk("k1")]}).to_string()).unwrap();
+        std::fs::write(&jwks, json!({"keys": [key.jwk.clone()]}).to_string()).unwrap();
         let c = self
             .env
             .run_json(&[
@@ -197,12 +197,12 @@ async fn token_with_assertion(p: &TesseraProcess, assertion: &str) -> Reply {
 #[tokio::test]
 async fn a_client_assertion_used_at_one_replica_is_refused_as_a_replay_at_the_other() {
     let r = replicas().await;
-    let key = TestEcKey::generate();
+    let key = ClientKey::es256(Some("k1"));
     let id = r.jwt_client(&key).await;
     let id = id.as_str();
     let aud = format!("{PUBLIC_URL}/oauth2/token");
 
-    let assertion = key.assertion("k1", id, &aud);
+    let assertion = key.assertion(id, &aud);
     let first = token_with_assertion(&r.a, &assertion).await;
     assert_eq!(first.status, 200, "fresh assertion at A: {}", first.text);
 
@@ -234,7 +234,7 @@ async fn a_client_assertion_used_at_one_replica_is_refused_as_a_replay_at_the_ot
     );
 
     // B accepts the client itself: a new assertion works there.
-    let fresh = token_with_assertion(&r.b, &key.assertion("k1", id, &aud)).await;
+    let fresh = token_with_assertion(&r.b, &key.assertion(id, &aud)).await;
     assert_eq!(fresh.status, 200, "fresh assertion at B: {}", fresh.text);
 }
 
@@ -271,9 +271,9 @@ async fn audit_chain_stays_intact_when_both_replicas_write_at_once() {
 #[tokio::test]
 async fn a_client_assertion_raced_at_both_replicas_is_accepted_exactly_once() {
     let r = replicas().await;
-    let key = TestEcKey::generate();
+    let key = ClientKey::es256(Some("k1"));
     let id = r.jwt_client(&key).await;
-    let assertion = key.assertion("k1", &id, &format!("{PUBLIC_URL}/oauth2/token"));
+    let assertion = key.assertion(&id, &format!("{PUBLIC_URL}/oauth2/token"));
     let attempts = [&r.a, &r.b]
         .into_iter()
         .flat_map(|p| (0..5).map(move |_| p))
