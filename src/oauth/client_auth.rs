@@ -89,15 +89,20 @@ struct AssertionClaims {
     jti: Option<String>,
 }
 
-/// A failure with the reason recorded in the audit log (never sent back
-/// beyond a generic description).
-struct Failure {
-    client_id: Option<String>,
-    reason: &'static str,
+/// Why authentication did not succeed.
+enum Failure {
+    /// The credentials were refused; `reason` goes into the audit record
+    /// (the client only hears `invalid_client`).
+    Refused {
+        client_id: Option<String>,
+        reason: &'static str,
+    },
+    /// The registry could not be read: nothing is known about the client.
+    Store,
 }
 
 fn fail(client_id: Option<&str>, reason: &'static str) -> Failure {
-    Failure {
+    Failure::Refused {
         client_id: client_id.map(str::to_string),
         reason,
     }
@@ -124,32 +129,25 @@ pub async fn authenticate(
         ));
     }
     let now = app.clock.now();
-    let result = if presented.basic_malformed {
-        Err(fail(None, "malformed_basic_header"))
+    let (method, result) = if presented.basic_malformed {
+        (
+            Method::SecretBasic,
+            Err(fail(None, "malformed_basic_header")),
+        )
     } else if let Some((id, secret)) = &presented.basic {
         if presented.client_id.as_deref().is_some_and(|c| c != id) {
             return Err(OAuthError::invalid_request(
                 "client_id does not match the Authorization header",
             ));
         }
-        by_secret(app, id, secret, now)
-            .await
-            .map(|c| Authenticated {
-                client: c,
-                method: Method::SecretBasic,
-            })
+        (Method::SecretBasic, by_secret(app, id, secret, now).await)
     } else if let Some(secret) = &presented.client_secret {
         let Some(id) = presented.client_id.as_deref() else {
             return Err(OAuthError::invalid_request(
                 "client_id is required with client_secret",
             ));
         };
-        by_secret(app, id, secret, now)
-            .await
-            .map(|c| Authenticated {
-                client: c,
-                method: Method::SecretPost,
-            })
+        (Method::SecretPost, by_secret(app, id, secret, now).await)
     } else if uses_assertion {
         let Some(assertion) = &presented.assertion else {
             return Err(OAuthError::invalid_request(
@@ -161,33 +159,26 @@ pub async fn authenticate(
                 "client_assertion_type must be {JWT_BEARER}"
             )));
         }
-        by_assertion(
-            app,
-            assertion,
-            presented.client_id.as_deref(),
-            endpoint,
-            now,
+        let client_id = presented.client_id.as_deref();
+        (
+            Method::PrivateKeyJwt,
+            by_assertion(app, assertion, client_id, endpoint, now).await,
         )
-        .await
-        .map(|c| Authenticated {
-            client: c,
-            method: Method::PrivateKeyJwt,
-        })
     } else {
-        Err(fail(
-            presented.client_id.as_deref(),
-            "no_client_authentication",
-        ))
+        (
+            Method::SecretBasic,
+            Err(fail(
+                presented.client_id.as_deref(),
+                "no_client_authentication",
+            )),
+        )
     };
     match result {
-        Ok(ok) => Ok(ok),
-        Err(Failure {
-            reason: "store_error",
-            ..
-        }) => Err(OAuthError::TemporarilyUnavailable(
+        Ok(client) => Ok(Authenticated { client, method }),
+        Err(Failure::Store) => Err(OAuthError::TemporarilyUnavailable(
             "client registry unavailable".into(),
         )),
-        Err(Failure { client_id, reason }) => {
+        Err(Failure::Refused { client_id, reason }) => {
             let mut rec = AuditRecord::new(
                 app.clock.now_millis(),
                 Event::ClientAuthentication,
@@ -195,7 +186,6 @@ pub async fn authenticate(
                 reason,
             );
             rec.client_id = client_id;
-            rec.route = Some(meta.route.clone());
             meta.fill(&mut rec);
             app.audit.record(rec).await?;
             Err(OAuthError::InvalidClient(
@@ -226,7 +216,7 @@ async fn load_client(
         Ok(None) => Err(fail(None, "unknown_client")),
         Err(e) => {
             tracing::error!(error = %e, "client lookup failed");
-            Err(fail(Some(id), "store_error"))
+            Err(Failure::Store)
         }
     }
 }
@@ -347,7 +337,7 @@ async fn by_assertion(
         Ok(JtiOutcome::Replayed) => Err(fail(id, "assertion_replayed")),
         Err(e) => {
             tracing::error!(error = %e, "recording assertion jti failed");
-            Err(fail(id, "store_error"))
+            Err(Failure::Store)
         }
     }
 }
