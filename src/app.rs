@@ -7,12 +7,15 @@ use std::sync::Arc;
 use crate::audit::AuditLog;
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::issuer::Issuers;
+use crate::issuer::{Issuers, TokenError, VerifiedToken};
+use crate::jose::JwsError;
+use crate::oauth::introspection::check_token;
 use crate::metrics::Metrics;
 use crate::oauth::client_cache::ClientCache;
 use crate::policy::PolicyHandle;
 use crate::revocation::Revocations;
 use crate::store::Store;
+use crate::trusted::TrustedIssuers;
 
 pub struct App {
     /// Checked configuration.
@@ -30,6 +33,8 @@ pub struct App {
     pub revocations: Arc<Revocations>,
     /// The route policy snapshot, hot-reloaded.
     pub policy: Arc<PolicyHandle>,
+    /// Upstream issuers (company IdP, Kubernetes clusters) and their keys.
+    pub trusted: Arc<TrustedIssuers>,
     /// Batched, hash-chained audit writer.
     pub audit: AuditLog,
     pub metrics: Metrics,
@@ -48,6 +53,12 @@ impl App {
         let clients = Arc::new(ClientCache::load(store.clone()).await?);
         let revocations = Arc::new(Revocations::load(store.clone(), clock.now()).await?);
         let audit = AuditLog::spawn(store.clone(), config.audit.batch_max);
+        let trusted = Arc::new(TrustedIssuers::load(
+            &config.trusted_issuers,
+            config.server.max_token_bytes,
+            config.oauth.clock_skew.as_secs() as i64,
+            clock.clone(),
+        ));
         Ok(Self {
             config,
             clock,
@@ -56,9 +67,29 @@ impl App {
             issuers,
             revocations,
             policy,
+            trusted,
             audit,
             metrics: Metrics::default(),
         })
+    }
+}
+
+impl App {
+    /// Verifies a presented bearer token: one of Tessera's own (checked
+    /// against the revocation set), or else one from a trusted issuer.
+    pub async fn verify_presented(&self, token: &str) -> Result<Arc<VerifiedToken>, TokenError> {
+        match check_token(self, token, self.clock.now()) {
+            // Not ours by type or key: perhaps a trusted issuer's.
+            Err(e @ (TokenError::WrongType | TokenError::Jws(JwsError::UnknownKey)))
+                if !self.trusted.issuers.is_empty() =>
+            {
+                match self.trusted.verify(token).await {
+                    Err(TokenError::UntrustedIssuer) => Err(e),
+                    other => other,
+                }
+            }
+            other => other,
+        }
     }
 }
 

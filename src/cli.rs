@@ -47,6 +47,37 @@ pub enum Command {
     /// Inspect the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Manage which clients may act for users (RFC 8693 token exchange).
+    #[command(subcommand)]
+    Delegation(DelegationCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DelegationCommand {
+    /// Let a client exchange users' tokens for delegated tokens.
+    Add {
+        #[arg(long)]
+        client: String,
+        /// Audience the delegated tokens may be for (repeatable).
+        #[arg(long = "audience", required = true)]
+        audiences: Vec<String>,
+        /// Scope the delegated tokens may carry, if the user holds it (repeatable).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// Another client whose actor_token this client may present (repeatable).
+        #[arg(long = "actor")]
+        actors: Vec<String>,
+        /// How long the delegation lasts, e.g. 90d (default: until revoked).
+        #[arg(long)]
+        expires_in: Option<String>,
+    },
+    List {
+        #[arg(long)]
+        client: Option<String>,
+    },
+    Revoke {
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -70,6 +101,10 @@ pub enum ClientCommand {
         /// authenticates with private_key_jwt and gets no secret.
         #[arg(long)]
         jwks: Option<PathBuf>,
+        /// Issue no secret: the client authenticates only with a bound
+        /// workload identity (see bind-workload).
+        #[arg(long, conflicts_with = "jwks")]
+        no_secret: bool,
     },
     List,
     Show {
@@ -87,6 +122,23 @@ pub enum ClientCommand {
         /// How long the old secret stays valid (default: oauth.secret_rotation_overlap).
         #[arg(long)]
         overlap: Option<String>,
+    },
+    /// Let a workload identity (e.g. a Kubernetes service account)
+    /// authenticate as this client, without a secret.
+    BindWorkload {
+        client_id: String,
+        /// Trusted issuer (name or iss) of kind "workload".
+        #[arg(long)]
+        issuer: String,
+        /// The token's subject, e.g. system:serviceaccount:NAMESPACE:NAME.
+        #[arg(long)]
+        subject: String,
+    },
+    UnbindWorkload {
+        #[arg(long)]
+        issuer: String,
+        #[arg(long)]
+        subject: String,
     },
 }
 
@@ -164,6 +216,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             client(&config, store.as_ref(), clock.as_ref(), cmd).await
         }
         Command::Keys(cmd) => keys_command(&config, clock.as_ref(), cmd),
+        Command::Delegation(cmd) => {
+            let store = connect(&config).await?;
+            delegation(store.as_ref(), clock.as_ref(), cmd).await
+        }
         Command::Audit(AuditCommand::Verify) => {
             let store = connect(&config).await?;
             let report = crate::audit::verify_chain(store.as_ref()).await?;
@@ -246,6 +302,7 @@ async fn client(
             scopes,
             ttl,
             jwks,
+            no_secret,
         } => {
             let token_ttl = ttl
                 .map(|t| parse_duration("--ttl", &t).map(|d| d.as_secs() as i64))
@@ -268,6 +325,7 @@ async fn client(
                 scopes,
                 token_ttl,
                 jwks,
+                no_secret,
             };
             let (client, secret) = registry::create_client(store, config, new, now).await?;
             let mut out = client_json(&client);
@@ -284,11 +342,34 @@ async fn client(
         }
         ClientCommand::Show { client_id } => match store.get_client(&client_id).await? {
             Some(c) => {
-                print(client_json(&c));
+                let mut out = client_json(&c);
+                out["workload_identities"] =
+                    serde_json::to_value(store.workload_bindings(Some(&client_id)).await?)?;
+                out["delegations"] =
+                    serde_json::to_value(store.delegations(Some(&client_id)).await?)?;
+                print(out);
                 Ok(0)
             }
             None => bail!("no client {client_id:?}"),
         },
+        ClientCommand::BindWorkload {
+            client_id,
+            issuer,
+            subject,
+        } => {
+            let b =
+                registry::bind_workload(store, config, &client_id, &issuer, &subject, now).await?;
+            print(serde_json::to_value(b)?);
+            Ok(0)
+        }
+        ClientCommand::UnbindWorkload { issuer, subject } => {
+            let iss = registry::workload_issuer(config, &issuer)?;
+            if !store.unbind_workload(&iss, &subject).await? {
+                bail!("{subject:?} from {iss} is not bound");
+            }
+            print(json!({"issuer": iss, "subject": subject, "unbound": true}));
+            Ok(0)
+        }
         ClientCommand::Disable { client_id } => set_disabled(store, &client_id, true, now).await,
         ClientCommand::Enable { client_id } => set_disabled(store, &client_id, false, now).await,
         ClientCommand::RotateSecret { client_id, overlap } => {
@@ -308,6 +389,46 @@ async fn client(
             Ok(0)
         }
     }
+}
+
+async fn delegation(
+    store: &dyn Store,
+    clock: &dyn Clock,
+    cmd: DelegationCommand,
+) -> anyhow::Result<i32> {
+    let now = clock.now();
+    match cmd {
+        DelegationCommand::Add {
+            client,
+            audiences,
+            scopes,
+            actors,
+            expires_in,
+        } => {
+            let expires_at = expires_in
+                .map(|e| parse_duration("--expires-in", &e).map(|d| now + d.as_secs() as i64))
+                .transpose()?;
+            let new = registry::NewDelegation {
+                client_id: client,
+                audiences,
+                scopes,
+                actors,
+                expires_at,
+            };
+            let d = registry::add_delegation(store, new, now).await?;
+            print(serde_json::to_value(d)?);
+        }
+        DelegationCommand::List { client } => {
+            print(serde_json::to_value(store.delegations(client.as_deref()).await?)?);
+        }
+        DelegationCommand::Revoke { id } => {
+            if !store.remove_delegation(&id).await? {
+                bail!("no delegation {id:?}");
+            }
+            print(json!({"id": id, "revoked": true}));
+        }
+    }
+    Ok(0)
 }
 
 async fn set_disabled(

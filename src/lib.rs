@@ -21,3 +21,4 @@ pub mod revocation;
 pub mod router;
 pub mod server;
 pub mod store;
+pub mod trusted;

@@ -117,6 +117,9 @@ fn spawn_background(app: &AppState) -> Vec<JoinHandle<()>> {
         app.revocations.clone().run_sync(app.clock.clone()),
     ));
     tasks.push(tokio::spawn(app.clients.clone().run_sync()));
+    if !app.trusted.issuers.is_empty() {
+        tasks.push(tokio::spawn(app.trusted.clone().run_refresh()));
+    }
     tasks.push(tokio::spawn(
         app.policy
             .clone()

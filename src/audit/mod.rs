@@ -36,6 +36,8 @@ impl Decision {
 pub enum Event {
     /// A token request (issued or refused after the client was known).
     TokenIssuance,
+    /// An RFC 8693 token exchange (issued or refused).
+    TokenExchange,
     /// A client failed to authenticate at any endpoint.
     ClientAuthentication,
     Introspection,
@@ -47,6 +49,7 @@ impl Event {
     pub fn as_str(self) -> &'static str {
         match self {
             Event::TokenIssuance => "token_issuance",
+            Event::TokenExchange => "token_exchange",
             Event::ClientAuthentication => "client_authentication",
             Event::Introspection => "introspection",
             Event::Revocation => "revocation",
@@ -77,6 +80,14 @@ pub struct AuditRecord {
     pub jti: Option<String>,
     pub request_id: Option<String>,
     pub peer: Option<String>,
+    // Fields added later are left out of the hash input when empty, so
+    // records written before them keep their hashes.
+    /// Actor chain of a delegated token, current actor first, space-separated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    /// The trusted issuer (by name) a presented identity came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_issuer: Option<String>,
 }
 
 impl AuditRecord {
@@ -97,6 +108,8 @@ impl AuditRecord {
             jti: None,
             request_id: None,
             peer: None,
+            actor: None,
+            upstream_issuer: None,
         }
     }
 }

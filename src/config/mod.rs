@@ -11,6 +11,10 @@ use toml::Value;
 
 use crate::jose::Alg;
 
+mod trusted;
+
+pub use trusted::{ClaimMapping, JwksSource, TrustedIssuerConfig, TrustedKind};
+
 /// Prefix of every environment override.
 pub const ENV_PREFIX: &str = "TESSERA_";
 
@@ -27,6 +31,8 @@ struct Raw {
     policy: RawPolicy,
     oauth: RawOAuth,
     audit: RawAudit,
+    /// Checked item by item in [`trusted::parse`], so errors name the entry.
+    trusted_issuers: Vec<Value>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -84,6 +90,7 @@ struct RawOAuth {
     assertion_max_lifetime: String,
     clock_skew: String,
     secret_rotation_overlap: String,
+    max_delegation_depth: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -150,6 +157,7 @@ impl Default for RawOAuth {
             assertion_max_lifetime: "1h".into(),
             clock_skew: "60s".into(),
             secret_rotation_overlap: "24h".into(),
+            max_delegation_depth: 4,
         }
     }
 }
@@ -170,6 +178,9 @@ pub struct Config {
     pub policy: PolicyConfig,
     pub oauth: OAuthConfig,
     pub audit: AuditConfig,
+    /// Upstream issuers whose tokens Tessera accepts (company IdP,
+    /// Kubernetes clusters).
+    pub trusted_issuers: Vec<TrustedIssuerConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -237,6 +248,8 @@ pub struct OAuthConfig {
     pub clock_skew: Duration,
     /// How long the previous secret keeps working after `rotate-secret`.
     pub secret_rotation_overlap: Duration,
+    /// Most actors a delegated token may name, counting nested `act`s.
+    pub max_delegation_depth: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -525,10 +538,16 @@ impl Raw {
                     "oauth.secret_rotation_overlap",
                     &self.oauth.secret_rotation_overlap,
                 )?,
+                max_delegation_depth: positive(
+                    "oauth.max_delegation_depth",
+                    self.oauth.max_delegation_depth,
+                )?
+                .min(16),
             },
             audit: AuditConfig {
                 batch_max: positive("audit.batch_max", self.audit.batch_max)?.min(1000),
             },
+            trusted_issuers: trusted::parse(&self.trusted_issuers)?,
         })
     }
 }
@@ -596,5 +615,44 @@ mod tests {
         }
         let e = load("", &[("TESSERA_SERVER_MAX_BODY_BYTES", "lots")]).unwrap_err();
         assert_eq!(e.key, "server.max_body_bytes");
+    }
+
+    #[test]
+    fn trusted_issuers_are_checked_entry_by_entry() {
+        let ok = r#"
+            [[trusted_issuers]]
+            name = "corp"
+            issuer = "https://idp.example.com"
+            kind = "human"
+            audiences = ["tessera"]
+
+            [[trusted_issuers]]
+            name = "cluster"
+            issuer = "https://kubernetes.default.svc"
+            kind = "workload"
+            jwks_file = "/etc/tessera/cluster-jwks.json"
+            audiences = ["tessera"]
+            algorithms = ["RS256"]
+        "#;
+        let c = load(ok, &[]).unwrap();
+        assert_eq!(c.trusted_issuers.len(), 2);
+        assert_eq!(c.trusted_issuers[0].jwks, JwksSource::Discovery);
+        assert_eq!(c.trusted_issuers[0].claims.subject, "sub");
+        assert_eq!(c.trusted_issuers[1].kind, TrustedKind::Workload);
+        let entry = |extra: &str| {
+            format!("[[trusted_issuers]]\nname = \"corp\"\nissuer = \"https://idp\"\nkind = \"human\"\naudiences = [\"t\"]\n{extra}")
+        };
+        let cases = [
+            (entry("algorithms = [\"HS256\"]"), "trusted_issuers[0].algorithms"),
+            (entry("algorithms = [\"none\"]"), "trusted_issuers[0].algorithms"),
+            (entry("colour = 1"), "trusted_issuers[0]"),
+            (entry("fetch_timeout = \"soon\""), "trusted_issuers[0].fetch_timeout"),
+            (entry("jwks_uri = \"ftp://x\""), "trusted_issuers[0].jwks_uri"),
+            (format!("{}\n{}", entry(""), entry("")), "trusted_issuers[1].name"),
+        ];
+        for (file, key) in cases {
+            let e = load(&file, &[]).unwrap_err();
+            assert_eq!(e.key, key, "{file}: {e}");
+        }
     }
 }

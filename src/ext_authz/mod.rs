@@ -13,8 +13,8 @@ use serde_json::json;
 
 use crate::app::App;
 use crate::audit::{AuditRecord, Decision, Event, RequestMeta};
+use crate::issuer::TokenError;
 use crate::oauth::describe_token;
-use crate::oauth::introspection::check_token;
 use crate::policy::{canonical_path, decide, AuditLevel, Denial};
 
 /// The parts of the original request the decision depends on.
@@ -31,11 +31,13 @@ pub struct CheckRequest<'a> {
 /// Identity headers for the upstream on allow. Always all of them, so a
 /// client can never smuggle its own value through when the proxy is set
 /// to overwrite them.
-pub const UPSTREAM_HEADERS: [&str; 4] = [
+pub const UPSTREAM_HEADERS: [&str; 5] = [
     "x-tessera-subject",
     "x-tessera-principal",
     "x-tessera-tenant",
     "x-tessera-client-id",
+    // The acting client of a delegated token (`act.sub`); empty otherwise.
+    "x-tessera-actor",
 ];
 
 #[derive(Debug, Clone, PartialEq)]
@@ -102,7 +104,10 @@ pub async fn check(app: &App, req: CheckRequest<'_>) -> CheckResponse {
             Err(()) => Err(Denial::InvalidCredential(
                 crate::jose::JwsError::Malformed.into(),
             )),
-            Ok(Some(raw)) => match check_token(app, raw, app.clock.now()) {
+            Ok(Some(raw)) => match app.verify_presented(raw).await {
+                // The issuer cannot be checked right now: neither allow nor
+                // blame the token.
+                Err(TokenError::KeysUnavailable) => return unavailable(),
                 Err(e) => Err(Denial::InvalidCredential(e)),
                 Ok(verified) => {
                     let verified = token.insert(verified);
@@ -152,6 +157,7 @@ pub async fn check(app: &App, req: CheckRequest<'_>) -> CheckResponse {
                     c.principal.as_str(),
                     c.tenant.as_str(),
                     c.client_id.as_str(),
+                    crate::oauth::actor(c).unwrap_or(""),
                 ])
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect();

@@ -44,13 +44,15 @@ fn merge(mut a: Value, b: Value) -> Value {
     a
 }
 
+const TOKEN_EXCHANGE: &str = crate::oauth::grants::token_exchange::GRANT_TYPE;
+
 pub async fn authorization_server(State(app): State<AppState>) -> Json<Value> {
     let base = &app.config.server.public_url;
     Json(merge(
         json!({
             "issuer": base,
             "jwks_uri": format!("{base}/issuers/service/jwks.json"),
-            "grant_types_supported": ["client_credentials"],
+            "grant_types_supported": ["client_credentials", TOKEN_EXCHANGE],
         }),
         endpoints(base),
     ))
@@ -80,8 +82,8 @@ pub async fn openid_configuration(
         .map(|a| a.as_str())
         .collect();
     let grants: &[&str] = match kind {
-        IssuerKind::Service => &["client_credentials"],
-        IssuerKind::Human => &[],
+        IssuerKind::Service => &["client_credentials", TOKEN_EXCHANGE],
+        IssuerKind::Human => &[TOKEN_EXCHANGE],
     };
     Ok(Json(merge(
         json!({

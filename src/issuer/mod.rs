@@ -71,6 +71,16 @@ pub enum TokenError {
     NotYetValid,
     #[error("token has been revoked")]
     Revoked,
+    #[error("token issuer is not trusted")]
+    UntrustedIssuer,
+    #[error("the token issuer's keys cannot be fetched right now")]
+    KeysUnavailable,
+    #[error("token was issued too long ago")]
+    TooOld,
+    #[error("token lacks a required claim")]
+    MissingClaim,
+    #[error("token audience is not accepted")]
+    WrongAudience,
 }
 
 impl TokenError {
@@ -87,16 +97,43 @@ impl TokenError {
             TokenError::Expired => "token_expired",
             TokenError::NotYetValid => "token_not_yet_valid",
             TokenError::Revoked => "token_revoked",
+            TokenError::UntrustedIssuer => "untrusted_issuer",
+            TokenError::KeysUnavailable => "issuer_keys_unavailable",
+            TokenError::TooOld => "token_too_old",
+            TokenError::MissingClaim => "missing_claim",
+            TokenError::WrongAudience => "wrong_audience",
         }
     }
+}
+
+/// Who signed a verified token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenIssuer {
+    /// One of Tessera's issuers.
+    Own(IssuerKind),
+    /// A trusted upstream issuer, by configured name.
+    Trusted(String),
 }
 
 /// A token whose signature, issuer, type and lifetime have been checked.
 #[derive(Debug)]
 pub struct VerifiedToken {
-    pub issuer: IssuerKind,
+    pub issuer: TokenIssuer,
     pub kid: String,
+    /// Tessera's claims; for an upstream token, mapped from its own.
     pub claims: AccessClaims,
+    /// Set for tokens from a trusted issuer.
+    pub upstream: Option<crate::trusted::UpstreamClaims>,
+}
+
+impl VerifiedToken {
+    /// The Tessera issuer that minted it, if any.
+    pub fn own_issuer(&self) -> Option<IssuerKind> {
+        match self.issuer {
+            TokenIssuer::Own(kind) => Some(kind),
+            TokenIssuer::Trusted(_) => None,
+        }
+    }
 }
 
 /// One issuer: its identifier, lifetimes and key ring.
@@ -265,9 +302,10 @@ impl Issuers {
         }
         let valid_until = key.verify_until.map_or(claims.exp, |u| u.min(claims.exp));
         let verified = Arc::new(VerifiedToken {
-            issuer: issuer.kind,
+            issuer: TokenIssuer::Own(issuer.kind),
             kid: kid.to_string(),
             claims,
+            upstream: None,
         });
         self.cache
             .insert(digest, verified.clone(), valid_until, now, generation);

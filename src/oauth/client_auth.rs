@@ -1,8 +1,10 @@
 //! Client authentication at the token, introspection and revocation
 //! endpoints: `client_secret_basic` and `client_secret_post` (RFC 6749
 //! §2.3.1) and `private_key_jwt` (RFC 7523 §2.2 and §3, OpenID Connect
-//! Core §9). A client uses exactly one method per request. Every failure is
-//! audited before the `invalid_client` answer goes out.
+//! Core §9), and a bound workload identity (a Kubernetes service-account
+//! token from a trusted issuer) sent as the JWT bearer assertion. A client
+//! uses exactly one method per request. Every failure is audited before the
+//! `invalid_client` answer goes out.
 
 use base64::Engine;
 use serde::Deserialize;
@@ -13,6 +15,8 @@ use super::client_cache::CachedClient;
 use super::{secret, OAuthError};
 use crate::app::App;
 use crate::audit::{AuditRecord, Decision, Event, RequestMeta};
+use crate::config::TrustedKind;
+use crate::issuer::{Principal, TokenError, VerifiedToken};
 use crate::jose::{Unverified, VerifyingKey};
 use crate::store::{Client, JtiOutcome};
 
@@ -37,6 +41,9 @@ pub enum Method {
     SecretBasic,
     SecretPost,
     PrivateKeyJwt,
+    /// A bound workload identity token (e.g. a Kubernetes service-account
+    /// token) sent as a JWT bearer `client_assertion`.
+    WorkloadIdentity,
 }
 
 impl Method {
@@ -45,6 +52,7 @@ impl Method {
             Method::SecretBasic => "client_secret_basic",
             Method::SecretPost => "client_secret_post",
             Method::PrivateKeyJwt => "private_key_jwt",
+            Method::WorkloadIdentity => "workload_identity",
         }
     }
 }
@@ -53,6 +61,19 @@ impl Method {
 pub struct Authenticated {
     pub client: Client,
     pub method: Method,
+    /// The workload identity token, for [`Method::WorkloadIdentity`].
+    pub workload: Option<Arc<VerifiedToken>>,
+}
+
+impl Presented {
+    /// Whether the request carried no client credentials at all.
+    pub fn is_empty(&self) -> bool {
+        self.basic.is_none()
+            && !self.basic_malformed
+            && self.client_secret.is_none()
+            && self.assertion.is_none()
+            && self.assertion_type.is_none()
+    }
 }
 
 /// Decodes `Authorization: Basic` per RFC 6749 §2.3.1: base64 of
@@ -99,6 +120,8 @@ enum Failure {
     },
     /// The registry could not be read: nothing is known about the client.
     Store,
+    /// A trusted issuer's keys could not be fetched.
+    KeysUnavailable,
 }
 
 fn fail(client_id: Option<&str>, reason: &'static str) -> Failure {
@@ -160,10 +183,27 @@ pub async fn authenticate(
             )));
         }
         let client_id = presented.client_id.as_deref();
-        (
-            Method::PrivateKeyJwt,
-            by_assertion(app, assertion, client_id, endpoint, now).await,
-        )
+        let is_workload = app
+            .trusted
+            .claimed_issuer(assertion)
+            .is_some_and(|t| t.config.kind == TrustedKind::Workload);
+        if is_workload {
+            match by_workload(app, assertion, client_id, now).await {
+                Ok((client, token)) => {
+                    return Ok(Authenticated {
+                        client,
+                        method: Method::WorkloadIdentity,
+                        workload: Some(token),
+                    })
+                }
+                Err(e) => (Method::WorkloadIdentity, Err(e)),
+            }
+        } else {
+            (
+                Method::PrivateKeyJwt,
+                by_assertion(app, assertion, client_id, endpoint, now).await,
+            )
+        }
     } else {
         (
             Method::SecretBasic,
@@ -174,9 +214,16 @@ pub async fn authenticate(
         )
     };
     match result {
-        Ok(client) => Ok(Authenticated { client, method }),
+        Ok(client) => Ok(Authenticated {
+            client,
+            method,
+            workload: None,
+        }),
         Err(Failure::Store) => Err(OAuthError::TemporarilyUnavailable(
             "client registry unavailable".into(),
+        )),
+        Err(Failure::KeysUnavailable) => Err(OAuthError::TemporarilyUnavailable(
+            "the workload identity issuer's keys cannot be fetched right now".into(),
         )),
         Err(Failure::Refused { client_id, reason }) => {
             let mut rec = AuditRecord::new(
@@ -235,6 +282,45 @@ async fn by_secret(app: &App, id: &str, presented: &str, now: i64) -> Result<Cli
         return Err(fail(Some(id), "bad_secret"));
     }
     Ok(entry.client.clone())
+}
+
+/// A workload identity token as the client assertion: verified against
+/// its trusted issuer, then mapped to the client it is bound to. Such
+/// tokens are reused by the workload until they expire (the kubelet
+/// refreshes them), so no `jti` replay check applies; they are bound to
+/// an audience Tessera accepts instead.
+async fn by_workload(
+    app: &App,
+    token: &str,
+    form_client_id: Option<&str>,
+    now: i64,
+) -> Result<(Client, Arc<VerifiedToken>), Failure> {
+    let verified = app.trusted.verify(token).await.map_err(|e| match e {
+        TokenError::KeysUnavailable => Failure::KeysUnavailable,
+        e => fail(form_client_id, e.code()),
+    })?;
+    if verified.claims.principal != Principal::Workload {
+        return Err(fail(form_client_id, "assertion_not_workload_identity"));
+    }
+    if !app.trusted.audience_accepted(&verified) {
+        return Err(fail(form_client_id, "wrong_audience"));
+    }
+    let bound = app
+        .clients
+        .workload_client(&verified.claims.iss, &verified.claims.sub)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "workload binding lookup failed");
+            Failure::Store
+        })?;
+    let Some(client_id) = bound else {
+        return Err(fail(form_client_id, "workload_not_bound"));
+    };
+    if form_client_id.is_some_and(|c| c != client_id) {
+        return Err(fail(form_client_id, "assertion_subject_mismatch"));
+    }
+    let client = load_client(app, &client_id, now, false).await?.client.clone();
+    Ok((client, verified))
 }
 
 async fn by_assertion(

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use parking_lot::RwLock;
 
-use crate::store::{Client, ClientStore, SecretDigest};
+use crate::store::{Client, ClientStore, Delegation, SecretDigest};
 
 pub const SYNC_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -25,6 +25,9 @@ pub struct CachedClient {
     pub client: Client,
     /// Secrets live when read; their `expires_at` is checked at each use.
     pub secrets: Vec<SecretDigest>,
+    /// What the client may do for users (token exchange); `expires_at` is
+    /// checked at each use.
+    pub delegations: Vec<Delegation>,
 }
 
 impl CachedClient {
@@ -41,6 +44,8 @@ pub struct ClientCache {
     store: Arc<dyn ClientStore>,
     version: AtomicI64,
     entries: RwLock<HashMap<String, Arc<CachedClient>>>,
+    /// Workload identity (issuer, subject) → client id; `None` caches "unbound".
+    workloads: RwLock<HashMap<(String, String), Option<String>>>,
 }
 
 impl std::fmt::Debug for ClientCache {
@@ -58,6 +63,7 @@ impl ClientCache {
             store,
             version: AtomicI64::new(version),
             entries: RwLock::new(HashMap::new()),
+            workloads: RwLock::new(HashMap::new()),
         })
     }
 
@@ -84,7 +90,12 @@ impl ClientCache {
             return Ok(None);
         };
         let secrets = self.store.live_secrets(client_id, now).await?;
-        let entry = Arc::new(CachedClient { client, secrets });
+        let delegations = self.store.delegations(Some(client_id)).await?;
+        let entry = Arc::new(CachedClient {
+            client,
+            secrets,
+            delegations,
+        });
         let mut entries = self.entries.write();
         // A poll that saw a change while we read must not be undone by
         // caching what we read before it.
@@ -97,13 +108,37 @@ impl ClientCache {
         Ok(Some(entry))
     }
 
+    /// The client a workload identity is bound to.
+    pub async fn workload_client(
+        &self,
+        issuer: &str,
+        subject: &str,
+    ) -> anyhow::Result<Option<String>> {
+        let key = (issuer.to_string(), subject.to_string());
+        if let Some(hit) = self.workloads.read().get(&key) {
+            return Ok(hit.clone());
+        }
+        let version = self.version.load(Ordering::Acquire);
+        let found = self.store.workload_client(issuer, subject).await?;
+        let mut map = self.workloads.write();
+        if self.version.load(Ordering::Acquire) == version {
+            if map.len() >= CAPACITY {
+                map.clear();
+            }
+            map.insert(key, found.clone());
+        }
+        Ok(found)
+    }
+
     /// One poll: drop everything when the registry changed.
     pub async fn sync(&self) -> anyhow::Result<()> {
         let version = self.store.registry_version().await?;
         if version != self.version.load(Ordering::Acquire) {
             let mut entries = self.entries.write();
+            let mut workloads = self.workloads.write();
             self.version.store(version, Ordering::Release);
             entries.clear();
+            workloads.clear();
         }
         Ok(())
     }

@@ -17,6 +17,23 @@ pub use params::FormParams;
 use crate::audit::AuditRecord;
 use crate::issuer::AccessClaims;
 
+/// The acting party of a delegated token: `act.sub` (RFC 8693 §4.1).
+pub fn actor(claims: &AccessClaims) -> Option<&str> {
+    claims.act.as_ref()?.get("sub")?.as_str()
+}
+
+/// The whole actor chain, current actor first: `act.sub`, then the
+/// nested `act.act.sub`, and so on.
+pub fn actor_chain(act: Option<&serde_json::Value>) -> Vec<String> {
+    let mut chain = Vec::new();
+    let mut next = act;
+    while let Some(a) = next {
+        chain.push(a.get("sub").and_then(|s| s.as_str()).unwrap_or("?").to_string());
+        next = a.get("act");
+    }
+    chain
+}
+
 /// Copies a token's identity into an audit record.
 pub fn describe_token(rec: &mut AuditRecord, claims: &AccessClaims) {
     rec.client_id = Some(claims.client_id.clone());

@@ -7,7 +7,10 @@ pub mod watch;
 
 use serde::Deserialize;
 
-use crate::issuer::{IssuerKind, TokenError, VerifiedToken};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::issuer::{IssuerKind, Principal, TokenError, TokenIssuer, VerifiedToken};
 
 pub use watch::PolicyHandle;
 
@@ -20,8 +23,22 @@ pub const BUILTIN: &str = include_str!("builtin.toml");
 pub enum CredentialKind {
     /// An access token from Tessera's service issuer.
     Service,
-    /// An access token from Tessera's human issuer.
+    /// An access token from Tessera's human issuer, or a person's token
+    /// from a trusted issuer the rule names.
     Human,
+    /// A workload-identity token (e.g. a Kubernetes service-account token)
+    /// from a trusted issuer the rule names.
+    Workload,
+}
+
+/// Whether a rule wants tokens that act for someone else (`act`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DelegationRule {
+    #[default]
+    Allowed,
+    Required,
+    Forbidden,
 }
 
 /// Which decisions of a rule are audited. Denials always are.
@@ -80,7 +97,17 @@ struct RuleFile {
     #[serde(default)]
     tenants: Vec<String>,
     #[serde(default)]
+    trusted_issuers: Vec<String>,
+    #[serde(default)]
+    delegation: DelegationRule,
+    #[serde(default)]
     audit: AuditLevel,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AudienceFile {
+    max_token_ttl: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -88,6 +115,8 @@ struct RuleFile {
 struct PolicyFile {
     #[serde(default)]
     rule: Vec<RuleFile>,
+    #[serde(default)]
+    audiences: BTreeMap<String, AudienceFile>,
 }
 
 /// One route rule.
@@ -105,6 +134,9 @@ pub struct Rule {
     pub clients: Vec<String>,
     /// Allow-list of tenants; empty allows every tenant.
     pub tenants: Vec<String>,
+    /// Trusted issuers (by name) whose tokens this rule accepts directly.
+    pub trusted_issuers: Vec<String>,
+    pub delegation: DelegationRule,
     pub audit: AuditLevel,
 }
 
@@ -112,6 +144,8 @@ pub struct Rule {
 #[derive(Debug, Clone)]
 pub struct Policy {
     pub rules: Vec<Rule>,
+    /// Longest lifetime of a token issued for an audience.
+    pub audience_ttl: BTreeMap<String, Duration>,
     /// Hex SHA-256 of the source text.
     pub version: String,
 }
@@ -138,6 +172,11 @@ impl Policy {
             {
                 return Err(at(format!("{bad:?} is not an HTTP method")));
             }
+            if r.accept.contains(&CredentialKind::Workload) && r.trusted_issuers.is_empty() {
+                return Err(at(
+                    "accept = [\"workload\"] needs trusted_issuers naming the issuers".into(),
+                ));
+            }
             rules.push(Rule {
                 path: PathPattern::parse(&r.path).map_err(at)?,
                 name: r.name,
@@ -147,12 +186,25 @@ impl Policy {
                 scopes: r.scopes,
                 clients: r.clients,
                 tenants: r.tenants,
+                trusted_issuers: r.trusted_issuers,
+                delegation: r.delegation,
                 audit: r.audit,
             });
+        }
+        let mut audience_ttl = BTreeMap::new();
+        for (aud, a) in file.audiences {
+            let ttl = humantime::parse_duration(a.max_token_ttl.trim())
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| {
+                    format!("audiences.{aud}.max_token_ttl: {:?} is not a duration like \"10m\"", a.max_token_ttl)
+                })?;
+            audience_ttl.insert(aud, ttl);
         }
         let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
         Ok(Self {
             rules,
+            audience_ttl,
             version: hex::encode(digest.as_ref()),
         })
     }
@@ -186,6 +238,10 @@ pub enum Denial {
     MissingScope(String),
     ClientNotAllowed,
     TenantNotAllowed,
+    /// A trusted issuer's token on a rule that does not name that issuer.
+    IssuerNotAccepted,
+    DelegationRequired,
+    DelegationForbidden,
 }
 
 impl Denial {
@@ -223,6 +279,9 @@ impl Denial {
             Denial::MissingScope(_) => "missing_scope",
             Denial::ClientNotAllowed => "client_not_allowed",
             Denial::TenantNotAllowed => "tenant_not_allowed",
+            Denial::IssuerNotAccepted => "issuer_not_accepted",
+            Denial::DelegationRequired => "delegation_required",
+            Denial::DelegationForbidden => "delegation_forbidden",
         }
     }
 
@@ -243,15 +302,33 @@ impl Denial {
             Denial::MissingScope(s) => format!("scope {s:?} is required"),
             Denial::ClientNotAllowed => format!("client is not allowed by rule {rule_name}"),
             Denial::TenantNotAllowed => format!("tenant is not allowed by rule {rule_name}"),
+            Denial::IssuerNotAccepted => {
+                format!("rule {rule_name} does not accept tokens from this issuer")
+            }
+            Denial::DelegationRequired => {
+                format!("rule {rule_name} requires a delegated token (act)")
+            }
+            Denial::DelegationForbidden => {
+                format!("rule {rule_name} does not accept delegated tokens")
+            }
         }
     }
 }
 
 /// Decides whether a verified (and unrevoked) token may pass `rule`.
 pub fn decide(rule: &Rule, token: &VerifiedToken) -> Result<(), Denial> {
-    let kind = match token.issuer {
-        IssuerKind::Service => CredentialKind::Service,
-        IssuerKind::Human => CredentialKind::Human,
+    let kind = match &token.issuer {
+        TokenIssuer::Own(IssuerKind::Service) => CredentialKind::Service,
+        TokenIssuer::Own(IssuerKind::Human) => CredentialKind::Human,
+        TokenIssuer::Trusted(name) => {
+            if !rule.trusted_issuers.contains(name) {
+                return Err(Denial::IssuerNotAccepted);
+            }
+            match token.claims.principal {
+                Principal::Workload => CredentialKind::Workload,
+                _ => CredentialKind::Human,
+            }
+        }
     };
     if !rule.accept.contains(&kind) {
         return Err(Denial::WrongKind {
@@ -271,7 +348,11 @@ pub fn decide(rule: &Rule, token: &VerifiedToken) -> Result<(), Denial> {
     if !rule.tenants.is_empty() && !rule.tenants.contains(&claims.tenant) {
         return Err(Denial::TenantNotAllowed);
     }
-    Ok(())
+    match (rule.delegation, claims.act.is_some()) {
+        (DelegationRule::Required, false) => Err(Denial::DelegationRequired),
+        (DelegationRule::Forbidden, true) => Err(Denial::DelegationForbidden),
+        _ => Ok(()),
+    }
 }
 
 /// Strips the query and refuses paths a proxy or upstream might resolve
@@ -322,7 +403,7 @@ fn percent_encoding_is_canonical(path: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::issuer::{AccessClaims, Principal};
+    use crate::issuer::AccessClaims;
 
     fn token(
         issuer: IssuerKind,
@@ -332,7 +413,8 @@ mod tests {
         tenant: &str,
     ) -> VerifiedToken {
         VerifiedToken {
-            issuer,
+            issuer: TokenIssuer::Own(issuer),
+            upstream: None,
             kid: "k".into(),
             claims: AccessClaims {
                 iss: "i".into(),

@@ -33,6 +33,39 @@ pub struct Client {
     pub updated_at: i64,
 }
 
+/// Permission for a client (a data product) to obtain tokens that act for
+/// users (RFC 8693 token exchange), within audiences and scopes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Delegation {
+    pub id: String,
+    pub client_id: String,
+    /// Audiences the client may obtain delegated tokens for.
+    pub audiences: Vec<String>,
+    /// The most a delegated token may carry; the user's own scopes narrow it.
+    pub scopes: Vec<String>,
+    /// Other clients whose `actor_token` this client may present.
+    pub actors: Vec<String>,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+}
+
+impl Delegation {
+    pub fn is_live(&self, now: i64) -> bool {
+        self.expires_at.is_none_or(|e| e > now)
+    }
+}
+
+/// A workload identity (`issuer` + `subject`, e.g. a Kubernetes service
+/// account) bound to the client it authenticates as.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkloadBinding {
+    /// The trusted issuer's `iss` value.
+    pub issuer: String,
+    pub subject: String,
+    pub client_id: String,
+    pub created_at: i64,
+}
+
 /// A stored secret digest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SecretDigest {
@@ -80,6 +113,22 @@ pub trait ClientStore: Send + Sync {
         new: &SecretDigest,
         old_expires_at: i64,
     ) -> anyhow::Result<()>;
+    async fn add_delegation(&self, d: &Delegation) -> anyhow::Result<()>;
+    /// Every delegation, or those of one client.
+    async fn delegations(&self, client_id: Option<&str>) -> anyhow::Result<Vec<Delegation>>;
+    /// Returns false when no such delegation exists.
+    async fn remove_delegation(&self, id: &str) -> anyhow::Result<bool>;
+    /// Fails when the identity is already bound (to any client).
+    async fn bind_workload(&self, b: &WorkloadBinding) -> anyhow::Result<()>;
+    /// Returns false when the identity was not bound.
+    async fn unbind_workload(&self, issuer: &str, subject: &str) -> anyhow::Result<bool>;
+    /// Every binding, or those of one client.
+    async fn workload_bindings(
+        &self,
+        client_id: Option<&str>,
+    ) -> anyhow::Result<Vec<WorkloadBinding>>;
+    async fn workload_client(&self, issuer: &str, subject: &str)
+        -> anyhow::Result<Option<String>>;
 }
 
 #[async_trait]

@@ -120,6 +120,27 @@ macro_rules! sql_store {
                 })
             }
 
+            fn delegation_from_row(row: &$row) -> anyhow::Result<Delegation> {
+                Ok(Delegation {
+                    id: row.try_get("id")?,
+                    client_id: row.try_get("client_id")?,
+                    audiences: json_list(row.try_get("audiences")?)?,
+                    scopes: json_list(row.try_get("scopes")?)?,
+                    actors: json_list(row.try_get("actors")?)?,
+                    created_at: row.try_get("created_at")?,
+                    expires_at: row.try_get("expires_at")?,
+                })
+            }
+
+            fn binding_from_row(row: &$row) -> anyhow::Result<WorkloadBinding> {
+                Ok(WorkloadBinding {
+                    issuer: row.try_get("issuer")?,
+                    subject: row.try_get("subject")?,
+                    client_id: row.try_get("client_id")?,
+                    created_at: row.try_get("created_at")?,
+                })
+            }
+
             fn audit_from_row(row: &$row) -> anyhow::Result<StoredAudit> {
                 Ok(StoredAudit {
                     seq: row.try_get("seq")?,
@@ -139,6 +160,8 @@ macro_rules! sql_store {
                         jti: row.try_get("jti")?,
                         request_id: row.try_get("request_id")?,
                         peer: row.try_get("peer")?,
+                        actor: row.try_get("actor")?,
+                        upstream_issuer: row.try_get("upstream_issuer")?,
                     },
                     prev_hash: row.try_get("prev_hash")?,
                     hash: row.try_get("hash")?,
@@ -249,6 +272,89 @@ macro_rules! sql_store {
                 tx.commit().await?;
                 Ok(())
             }
+
+            async fn add_delegation(&self, d: &Delegation) -> anyhow::Result<()> {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query(
+                    "INSERT INTO delegations (id, client_id, audiences, scopes, actors, created_at, expires_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(&d.id)
+                .bind(&d.client_id)
+                .bind(serde_json::to_string(&d.audiences)?)
+                .bind(serde_json::to_string(&d.scopes)?)
+                .bind(serde_json::to_string(&d.actors)?)
+                .bind(d.created_at)
+                .bind(d.expires_at)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(BUMP_REGISTRY).execute(&mut *tx).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn delegations(&self, client_id: Option<&str>) -> anyhow::Result<Vec<Delegation>> {
+                let rows = sqlx::query(
+                    "SELECT * FROM delegations WHERE ($1 IS NULL OR client_id = $1) ORDER BY created_at, id",
+                )
+                .bind(client_id)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter().map(Self::delegation_from_row).collect()
+            }
+
+            async fn remove_delegation(&self, id: &str) -> anyhow::Result<bool> {
+                let mut tx = self.pool.begin().await?;
+                let done = sqlx::query("DELETE FROM delegations WHERE id = $1").bind(id).execute(&mut *tx).await?;
+                sqlx::query(BUMP_REGISTRY).execute(&mut *tx).await?;
+                tx.commit().await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn bind_workload(&self, b: &WorkloadBinding) -> anyhow::Result<()> {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query("INSERT INTO workload_identities (issuer, subject, client_id, created_at) VALUES ($1, $2, $3, $4)")
+                    .bind(&b.issuer)
+                    .bind(&b.subject)
+                    .bind(&b.client_id)
+                    .bind(b.created_at)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(BUMP_REGISTRY).execute(&mut *tx).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn unbind_workload(&self, issuer: &str, subject: &str) -> anyhow::Result<bool> {
+                let mut tx = self.pool.begin().await?;
+                let done = sqlx::query("DELETE FROM workload_identities WHERE issuer = $1 AND subject = $2")
+                    .bind(issuer)
+                    .bind(subject)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(BUMP_REGISTRY).execute(&mut *tx).await?;
+                tx.commit().await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn workload_bindings(&self, client_id: Option<&str>) -> anyhow::Result<Vec<WorkloadBinding>> {
+                let rows = sqlx::query(
+                    "SELECT * FROM workload_identities WHERE ($1 IS NULL OR client_id = $1) ORDER BY created_at, issuer, subject",
+                )
+                .bind(client_id)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter().map(Self::binding_from_row).collect()
+            }
+
+            async fn workload_client(&self, issuer: &str, subject: &str) -> anyhow::Result<Option<String>> {
+                let row = sqlx::query("SELECT client_id FROM workload_identities WHERE issuer = $1 AND subject = $2")
+                    .bind(issuer)
+                    .bind(subject)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                Ok(row.map(|r| r.try_get("client_id")).transpose()?)
+            }
         }
 
         #[async_trait]
@@ -315,7 +421,7 @@ macro_rules! sql_store {
                 for chunk in records.chunks(500) {
                     let mut q = sqlx::QueryBuilder::new(
                         "INSERT INTO audit_log (seq, ts, event, decision, reason, client_id, subject, principal, tenant, \
-                         audience, scopes, route, policy_version, jti, request_id, peer, prev_hash, hash) ",
+                         audience, scopes, route, policy_version, jti, request_id, peer, actor, upstream_issuer, prev_hash, hash) ",
                     );
                     let mut rows = Vec::with_capacity(chunk.len());
                     for r in chunk {
@@ -340,6 +446,8 @@ macro_rules! sql_store {
                             .push_bind(r.jti.clone())
                             .push_bind(r.request_id.clone())
                             .push_bind(r.peer.clone())
+                            .push_bind(r.actor.clone())
+                            .push_bind(r.upstream_issuer.clone())
                             .push_bind(prev_hash)
                             .push_bind(hash);
                     });

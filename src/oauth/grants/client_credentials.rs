@@ -92,9 +92,21 @@ pub async fn handle(
     app: &App,
     client: &Client,
     params: Params,
-    mut rec: AuditRecord,
+    rec: &mut AuditRecord,
 ) -> Result<TokenResponse, OAuthError> {
     let validated = validate(app, client, params)?;
+    issue_service_token(app, client, validated, rec, "client_credentials").await
+}
+
+/// Mints a service token for `client` itself and audits it as `reason`.
+/// Also the result of exchanging a workload identity.
+pub async fn issue_service_token(
+    app: &App,
+    client: &Client,
+    validated: Validated,
+    rec: &mut AuditRecord,
+    reason: &str,
+) -> Result<TokenResponse, OAuthError> {
     let now = app.clock.now();
     let issuer = &app.issuers.service;
     let claims = AccessClaims {
@@ -112,12 +124,13 @@ pub async fn handle(
         act: None,
     };
     let access_token = issuer.mint(&claims)?;
-    describe_token(&mut rec, &claims);
-    rec.reason = "client_credentials".into();
-    app.audit.record(rec).await?;
+    describe_token(rec, &claims);
+    rec.reason = reason.into();
+    app.audit.record(rec.clone()).await?;
     app.metrics.tokens_issued.inc();
     Ok(TokenResponse {
         access_token,
+        issued_token_type: None,
         token_type: "Bearer",
         expires_in: validated.ttl,
         scope: claims.scope,

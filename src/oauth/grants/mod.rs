@@ -3,18 +3,20 @@
 //! *issues*.
 
 pub mod client_credentials;
+pub mod token_exchange;
 
 use serde::Serialize;
 
 use super::{FormParams, OAuthError};
 use crate::app::App;
 use crate::audit::{AuditRecord, Decision, Event, RequestMeta};
-use crate::store::Client;
+use crate::oauth::client_auth::Authenticated;
 
 /// A closed set of supported grants.
 #[derive(Debug)]
 pub enum Grant {
     ClientCredentials(client_credentials::Params),
+    TokenExchange(token_exchange::Params),
 }
 
 impl Grant {
@@ -22,6 +24,9 @@ impl Grant {
         match params.require("grant_type")? {
             "client_credentials" => Ok(Grant::ClientCredentials(
                 client_credentials::Params::parse(params)?,
+            )),
+            token_exchange::GRANT_TYPE => Ok(Grant::TokenExchange(
+                token_exchange::Params::parse(params)?,
             )),
             other => Err(OAuthError::UnsupportedGrantType(
                 format!(
@@ -38,33 +43,48 @@ impl Grant {
     }
 }
 
-/// Runs the requested grant for an authenticated client. Every outcome,
-/// issued or refused, is audited before the answer goes out.
+/// Runs the requested grant. `caller` is the authenticated client; only a
+/// token exchange of a workload identity comes without one (the identity
+/// itself names the client). Every outcome, issued or refused, is audited
+/// before the answer goes out: the grant writes its own success record,
+/// and a refusal is written here from what the grant had learnt by then.
 pub async fn handle(
     app: &App,
-    client: &Client,
+    caller: Option<&Authenticated>,
     params: &FormParams,
     meta: &RequestMeta,
 ) -> Result<TokenResponse, OAuthError> {
-    let mut rec = AuditRecord::new(
-        app.clock.now_millis(),
-        Event::TokenIssuance,
-        Decision::Allow,
-        "",
-    );
-    rec.client_id = Some(client.client_id.clone());
-    rec.tenant = Some(client.tenant.clone());
+    let exchange = params.get("grant_type") == Some(token_exchange::GRANT_TYPE);
+    let event = if exchange {
+        Event::TokenExchange
+    } else {
+        Event::TokenIssuance
+    };
+    let mut rec = AuditRecord::new(app.clock.now_millis(), event, Decision::Allow, "");
+    if let Some(c) = caller {
+        rec.client_id = Some(c.client.client_id.clone());
+        rec.tenant = Some(c.client.tenant.clone());
+        if let Some(w) = &c.workload {
+            rec.upstream_issuer = w.upstream.as_ref().map(|u| u.name.clone());
+        }
+    }
     meta.fill(&mut rec);
-    let refused = rec.clone();
-    let result = match Grant::parse(params) {
-        Ok(Grant::ClientCredentials(p)) => client_credentials::handle(app, client, p, rec).await,
-        Err(e) => Err(e),
+    let result = match (Grant::parse(params), caller) {
+        (Ok(Grant::ClientCredentials(p)), Some(c)) => {
+            client_credentials::handle(app, &c.client, p, &mut rec).await
+        }
+        (Ok(Grant::TokenExchange(p)), caller) => {
+            token_exchange::handle(app, caller, p, &mut rec).await
+        }
+        (Ok(Grant::ClientCredentials(_)), None) => Err(OAuthError::InvalidClient(
+            "client authentication failed".into(),
+        )),
+        (Err(e), _) => Err(e),
     };
     match result {
         // Not answered by a refusal record: the audit log itself failed.
         Err(e @ OAuthError::TemporarilyUnavailable(_)) => Err(e),
         Err(e) => {
-            let mut rec = refused;
             rec.decision = Decision::Deny.as_str().into();
             rec.reason = format!("{}: {}", e.code(), e.description());
             app.audit.record(rec).await?;
@@ -78,6 +98,9 @@ pub async fn handle(
 #[derive(Debug, Serialize)]
 pub struct TokenResponse {
     pub access_token: String,
+    /// RFC 8693 §2.2.1: set for token exchange.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issued_token_type: Option<&'static str>,
     pub token_type: &'static str,
     pub expires_in: i64,
     #[serde(skip_serializing_if = "String::is_empty")]

@@ -1,0 +1,338 @@
+//! Trusted upstream issuers: tokens Tessera did not mint but accepts —
+//! ID and access tokens from the company IdP (people) and service-account
+//! tokens from Kubernetes clusters (workloads). A verified upstream token
+//! becomes a [`VerifiedToken`] whose claims are mapped onto Tessera's
+//! (`sub`, `tenant`, `scope`, `principal`), so the policy, the audit log and
+//! token exchange treat it like any other caller; the audience is left to
+//! the caller to check, since it differs by use (exchange, client
+//! authentication, a route).
+
+pub mod keys;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use crate::clock::Clock;
+use crate::config::{TrustedIssuerConfig, TrustedKind};
+use crate::issuer::cache::VerifiedCache;
+use crate::issuer::{AccessClaims, Principal, TokenError, TokenIssuer, VerifiedToken};
+use crate::jose::{JwsError, Unverified};
+use keys::{KeyCache, KeyError};
+
+/// What a presented JWT claims to be, as far as its header and claims tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenForm {
+    /// `typ: at+jwt` (RFC 9068), or a `typ: Bearer` claim (Keycloak).
+    AccessToken,
+    /// Carries a claim only ID tokens have (`nonce`, `at_hash`, `c_hash`),
+    /// or a `typ: ID` claim.
+    IdToken,
+    /// A plain JWT that could be either.
+    Unknown,
+}
+
+impl TokenForm {
+    fn classify(header_typ: Option<&str>, claims: &Map<String, Value>) -> Self {
+        let typ_claim = claims.get("typ").and_then(Value::as_str);
+        if header_typ.is_some_and(|t| {
+            t.eq_ignore_ascii_case("at+jwt") || t.eq_ignore_ascii_case("application/at+jwt")
+        }) || typ_claim.is_some_and(|t| t.eq_ignore_ascii_case("bearer"))
+        {
+            TokenForm::AccessToken
+        } else if typ_claim.is_some_and(|t| t.eq_ignore_ascii_case("id"))
+            || ["nonce", "at_hash", "c_hash"]
+                .iter()
+                .any(|c| claims.contains_key(*c))
+        {
+            TokenForm::IdToken
+        } else {
+            TokenForm::Unknown
+        }
+    }
+}
+
+/// What an upstream token says beyond Tessera's own claims.
+#[derive(Debug, Clone)]
+pub struct UpstreamClaims {
+    /// The trusted issuer's configured name.
+    pub name: String,
+    pub kind: TrustedKind,
+    pub form: TokenForm,
+    pub groups: Vec<String>,
+    pub email: Option<String>,
+    /// RFC 8693 §4.4: who may act for this subject.
+    pub may_act: Option<Value>,
+}
+
+#[derive(Debug)]
+pub struct TrustedIssuer {
+    pub config: TrustedIssuerConfig,
+    pub keys: Arc<KeyCache>,
+}
+
+/// Every configured trusted issuer plus a cache of verified upstream tokens.
+pub struct TrustedIssuers {
+    pub issuers: Vec<Arc<TrustedIssuer>>,
+    generation: Arc<AtomicU64>,
+    cache: VerifiedCache<VerifiedToken>,
+    max_token_bytes: usize,
+    skew: i64,
+    clock: Arc<dyn Clock>,
+}
+
+/// A string claim that is safe to put into headers and audit records.
+fn plain(value: Option<&Value>) -> Option<String> {
+    value
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty() && s.len() <= 512 && !s.chars().any(char::is_control))
+        .map(str::to_string)
+}
+
+/// A claim that is a string or an array of strings (`aud`, `groups`, `scp`).
+fn strings(value: Option<&Value>) -> Vec<String> {
+    match value {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+impl std::fmt::Debug for TrustedIssuers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrustedIssuers")
+            .field("issuers", &self.issuers)
+            .finish()
+    }
+}
+
+impl TrustedIssuers {
+    pub fn load(
+        configs: &[TrustedIssuerConfig],
+        max_token_bytes: usize,
+        skew: i64,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        let generation = Arc::new(AtomicU64::new(1));
+        let issuers = configs
+            .iter()
+            .map(|c| {
+                Arc::new(TrustedIssuer {
+                    config: c.clone(),
+                    keys: Arc::new(KeyCache::new(c.clone(), generation.clone(), clock.clone())),
+                })
+            })
+            .collect();
+        Self {
+            issuers,
+            generation,
+            cache: VerifiedCache::new(65_536),
+            max_token_bytes,
+            skew,
+            clock,
+        }
+    }
+
+    pub fn by_iss(&self, iss: &str) -> Option<&Arc<TrustedIssuer>> {
+        self.issuers.iter().find(|t| t.config.issuer == iss)
+    }
+
+    pub fn by_name(&self, name: &str) -> Option<&Arc<TrustedIssuer>> {
+        self.issuers.iter().find(|t| t.config.name == name)
+    }
+
+    /// The trusted issuer a token names in `iss`, read without any check:
+    /// only to choose which issuer verifies it.
+    pub fn claimed_issuer(&self, token: &str) -> Option<&Arc<TrustedIssuer>> {
+        let parsed = Unverified::parse(token, self.max_token_bytes).ok()?;
+        let claims: Map<String, Value> = parsed.claims().ok()?;
+        self.by_iss(claims.get("iss")?.as_str()?)
+    }
+
+    /// Verifies an upstream token: issuer, algorithm, signature, `exp`,
+    /// `nbf`, `iat` and its age, the required claims, and the claim mapping.
+    /// Not the audience: see the module comment.
+    pub async fn verify(&self, token: &str) -> Result<Arc<VerifiedToken>, TokenError> {
+        if token.len() > self.max_token_bytes {
+            return Err(JwsError::TooLarge.into());
+        }
+        let now = self.clock.now();
+        let generation = self.generation.load(Ordering::Relaxed);
+        let digest = VerifiedCache::<VerifiedToken>::digest(token);
+        if let Some(hit) = self.cache.get(&digest, now, generation) {
+            return Ok(hit);
+        }
+        let parsed = Unverified::parse(token, self.max_token_bytes)?;
+        let unverified: Map<String, Value> = parsed.claims()?;
+        let issuer = unverified
+            .get("iss")
+            .and_then(Value::as_str)
+            .and_then(|iss| self.by_iss(iss))
+            .ok_or(TokenError::UntrustedIssuer)?;
+        let cfg = &issuer.config;
+        if !cfg.algorithms.contains(&parsed.alg) {
+            return Err(JwsError::UnsupportedAlg.into());
+        }
+        let keys = issuer
+            .keys
+            .keys_for(parsed.header.kid.as_deref(), parsed.alg)
+            .await
+            .map_err(|e| match e {
+                KeyError::Unknown => TokenError::Jws(JwsError::UnknownKey),
+                KeyError::Unavailable => TokenError::KeysUnavailable,
+            })?;
+        let claims: Map<String, Value> = keys
+            .iter()
+            .find_map(|k| parsed.verify(k).ok())
+            .ok_or(JwsError::BadSignature)?;
+        if claims.get("iss").and_then(Value::as_str) != Some(cfg.issuer.as_str()) {
+            return Err(TokenError::UntrustedIssuer);
+        }
+        let int = |name: &str| claims.get(name).and_then(Value::as_i64);
+        let (Some(exp), Some(iat)) = (int("exp"), int("iat")) else {
+            return Err(TokenError::MissingClaim);
+        };
+        let skew = self.skew;
+        if exp + skew <= now {
+            return Err(TokenError::Expired);
+        }
+        if int("nbf").unwrap_or(iat) > now + skew || iat > now + skew {
+            return Err(TokenError::NotYetValid);
+        }
+        let max_age = cfg.max_token_age.as_secs() as i64;
+        if now - iat > max_age + skew {
+            return Err(TokenError::TooOld);
+        }
+        if cfg
+            .required_claims
+            .iter()
+            .any(|c| claims.get(c).is_none_or(Value::is_null))
+        {
+            return Err(TokenError::MissingClaim);
+        }
+        let subject = plain(claims.get(&cfg.claims.subject)).ok_or(TokenError::MissingClaim)?;
+        let tenant = plain(claims.get(&cfg.claims.tenant))
+            .or_else(|| cfg.default_tenant.clone())
+            .ok_or(TokenError::MissingClaim)?;
+        let groups = strings(claims.get(&cfg.claims.groups));
+        let mut scopes: BTreeSet<String> = claims
+            .get("scope")
+            .and_then(Value::as_str)
+            .map(|s| s.split(' ').filter(|s| !s.is_empty()).map(str::to_string).collect())
+            .unwrap_or_default();
+        scopes.extend(strings(claims.get("scp")));
+        scopes.extend(cfg.default_scopes.iter().cloned());
+        for g in &groups {
+            if let Some(extra) = cfg.group_scopes.get(g) {
+                scopes.extend(extra.iter().cloned());
+            }
+        }
+        let act = claims.get("act").filter(|a| a.is_object()).cloned();
+        let form = TokenForm::classify(parsed.header.typ.as_deref(), &claims);
+        let mapped = AccessClaims {
+            iss: cfg.issuer.clone(),
+            sub: format!("{}{subject}", cfg.subject_prefix),
+            aud: strings(claims.get("aud")),
+            exp,
+            iat,
+            nbf: int("nbf"),
+            jti: plain(claims.get("jti")).unwrap_or_default(),
+            client_id: plain(claims.get("client_id"))
+                .or_else(|| plain(claims.get("azp")))
+                .unwrap_or_default(),
+            scope: scopes.into_iter().collect::<Vec<_>>().join(" "),
+            principal: match cfg.kind {
+                TrustedKind::Human => Principal::Human,
+                TrustedKind::Workload => Principal::Workload,
+            },
+            tenant,
+            act,
+        };
+        let verified = Arc::new(VerifiedToken {
+            issuer: TokenIssuer::Trusted(cfg.name.clone()),
+            kid: parsed.header.kid.clone().unwrap_or_default(),
+            claims: mapped,
+            upstream: Some(UpstreamClaims {
+                name: cfg.name.clone(),
+                kind: cfg.kind,
+                form,
+                groups,
+                email: plain(claims.get(&cfg.claims.email)),
+                may_act: claims.get("may_act").cloned(),
+            }),
+        });
+        self.cache.insert(
+            digest,
+            verified.clone(),
+            exp.min(iat + max_age),
+            now,
+            generation,
+        );
+        Ok(verified)
+    }
+
+    /// Whether `token`'s audience includes one this issuer accepts for
+    /// exchange and client authentication.
+    pub fn audience_accepted(&self, token: &VerifiedToken) -> bool {
+        let Some(up) = &token.upstream else {
+            return false;
+        };
+        self.by_name(&up.name).is_some_and(|t| {
+            token
+                .claims
+                .aud
+                .iter()
+                .any(|a| t.config.audiences.contains(a))
+        })
+    }
+
+    /// Refreshes every issuer whose keys are due; run by the server.
+    pub async fn run_refresh(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let now = self.clock.now_millis();
+            let due: Vec<_> = self
+                .issuers
+                .iter()
+                .filter(|t| t.keys.refresh_due(now))
+                .cloned()
+                .collect();
+            for t in due {
+                tokio::spawn(async move { t.keys.refresh().await });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_forms() {
+        let m = |v: Value| v.as_object().unwrap().clone();
+        let plain_jwt = m(serde_json::json!({"sub": "a"}));
+        assert_eq!(TokenForm::classify(Some("at+jwt"), &plain_jwt), TokenForm::AccessToken);
+        assert_eq!(TokenForm::classify(Some("JWT"), &plain_jwt), TokenForm::Unknown);
+        assert_eq!(
+            TokenForm::classify(Some("JWT"), &m(serde_json::json!({"nonce": "n"}))),
+            TokenForm::IdToken
+        );
+        assert_eq!(
+            TokenForm::classify(None, &m(serde_json::json!({"typ": "Bearer"}))),
+            TokenForm::AccessToken
+        );
+        assert_eq!(
+            TokenForm::classify(None, &m(serde_json::json!({"typ": "ID"}))),
+            TokenForm::IdToken
+        );
+    }
+}
