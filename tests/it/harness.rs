@@ -45,6 +45,7 @@ pub fn fresh_store(dir: &Path) -> (String, Option<String>) {
 pub struct Builder {
     server_lines: String,
     policy: Option<String>,
+    extra: String,
 }
 
 pub struct TestApp {
@@ -139,6 +140,14 @@ impl Builder {
         self
     }
 
+    /// More configuration, appended after the harness's sections (e.g.
+    /// `[[trusted_issuers]]` entries or an `[oauth]` section).
+    pub fn config(mut self, toml: &str) -> Self {
+        self.extra.push_str(toml);
+        self.extra.push('\n');
+        self
+    }
+
     /// A policy file with this content (hot-reloaded every 100 ms).
     pub fn policy(mut self, toml: &str) -> Self {
         self.policy = Some(toml.to_string());
@@ -162,10 +171,11 @@ impl Builder {
         let toml = format!(
             "[server]\nlisten = \"127.0.0.1:0\"\ngrpc_listen = \"127.0.0.1:0\"\n{}\
              [store]\nurl = {url:?}\nschema = {:?}\nmax_connections = 4\n\
-             [keys]\ndir = {:?}\nreload_interval = \"200ms\"\n{policy_line}",
+             [keys]\ndir = {:?}\nreload_interval = \"200ms\"\n{policy_line}{}",
             self.server_lines,
             schema.unwrap_or_default(),
             dir.path().join("keys").display().to_string(),
+            self.extra,
         );
         let config = Config::from_sources(Some(&toml), std::iter::empty()).expect("test config");
         let clock = Arc::new(FixedClock::at(now()));
@@ -192,6 +202,7 @@ impl TestApp {
         Builder {
             server_lines: String::new(),
             policy: None,
+            extra: String::new(),
         }
     }
 

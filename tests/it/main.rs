@@ -3,6 +3,7 @@
 //! `TESSERA_TEST_STORE=postgres`.
 
 mod harness;
+mod idp;
 
 mod audit;
 mod cli;
@@ -16,3 +17,4 @@ mod openapi;
 mod private_key_jwt;
 mod replicas;
 mod token;
+mod token_exchange;
