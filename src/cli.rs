@@ -419,7 +419,9 @@ async fn delegation(
             print(serde_json::to_value(d)?);
         }
         DelegationCommand::List { client } => {
-            print(serde_json::to_value(store.delegations(client.as_deref()).await?)?);
+            print(serde_json::to_value(
+                store.delegations(client.as_deref()).await?,
+            )?);
         }
         DelegationCommand::Revoke { id } => {
             if !store.remove_delegation(&id).await? {

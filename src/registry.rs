@@ -198,7 +198,10 @@ pub fn workload_issuer(config: &Config, issuer: &str) -> anyhow::Result<String> 
         .find(|t| t.name == issuer || t.issuer == issuer)
         .ok_or_else(|| anyhow::anyhow!("{issuer:?} is not a configured trusted issuer"))?;
     if found.kind != crate::config::TrustedKind::Workload {
-        bail!("trusted issuer {:?} is not of kind \"workload\"", found.name);
+        bail!(
+            "trusted issuer {:?} is not of kind \"workload\"",
+            found.name
+        );
     }
     Ok(found.issuer.clone())
 }

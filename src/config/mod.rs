@@ -643,12 +643,27 @@ mod tests {
             format!("[[trusted_issuers]]\nname = \"corp\"\nissuer = \"https://idp\"\nkind = \"human\"\naudiences = [\"t\"]\n{extra}")
         };
         let cases = [
-            (entry("algorithms = [\"HS256\"]"), "trusted_issuers[0].algorithms"),
-            (entry("algorithms = [\"none\"]"), "trusted_issuers[0].algorithms"),
+            (
+                entry("algorithms = [\"HS256\"]"),
+                "trusted_issuers[0].algorithms",
+            ),
+            (
+                entry("algorithms = [\"none\"]"),
+                "trusted_issuers[0].algorithms",
+            ),
             (entry("colour = 1"), "trusted_issuers[0]"),
-            (entry("fetch_timeout = \"soon\""), "trusted_issuers[0].fetch_timeout"),
-            (entry("jwks_uri = \"ftp://x\""), "trusted_issuers[0].jwks_uri"),
-            (format!("{}\n{}", entry(""), entry("")), "trusted_issuers[1].name"),
+            (
+                entry("fetch_timeout = \"soon\""),
+                "trusted_issuers[0].fetch_timeout",
+            ),
+            (
+                entry("jwks_uri = \"ftp://x\""),
+                "trusted_issuers[0].jwks_uri",
+            ),
+            (
+                format!("{}\n{}", entry(""), entry("")),
+                "trusted_issuers[1].name",
+            ),
         ];
         for (file, key) in cases {
             let e = load(&file, &[]).unwrap_err();

@@ -25,13 +25,12 @@ pub async fn token(
     let endpoint = format!("{}/oauth2/token", app.config.server.public_url);
     // A workload exchanging its own identity token needs no client
     // credentials: the token names the client it is bound to.
-    let caller = if presented.is_empty()
-        && grants::token_exchange::is_workload_exchange(&app, &params)
-    {
-        None
-    } else {
-        Some(client_auth::authenticate(&app, presented, &endpoint, &meta).await?)
-    };
+    let caller =
+        if presented.is_empty() && grants::token_exchange::is_workload_exchange(&app, &params) {
+            None
+        } else {
+            Some(client_auth::authenticate(&app, presented, &endpoint, &meta).await?)
+        };
     let response = grants::handle(&app, caller.as_ref(), &params, &meta).await?;
     Ok(no_store(response))
 }

@@ -319,7 +319,10 @@ async fn by_workload(
     if form_client_id.is_some_and(|c| c != client_id) {
         return Err(fail(form_client_id, "assertion_subject_mismatch"));
     }
-    let client = load_client(app, &client_id, now, false).await?.client.clone();
+    let client = load_client(app, &client_id, now, false)
+        .await?
+        .client
+        .clone();
     Ok((client, verified))
 }
 

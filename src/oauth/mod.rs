@@ -28,7 +28,12 @@ pub fn actor_chain(act: Option<&serde_json::Value>) -> Vec<String> {
     let mut chain = Vec::new();
     let mut next = act;
     while let Some(a) = next {
-        chain.push(a.get("sub").and_then(|s| s.as_str()).unwrap_or("?").to_string());
+        chain.push(
+            a.get("sub")
+                .and_then(|s| s.as_str())
+                .unwrap_or("?")
+                .to_string(),
+        );
         next = a.get("act");
     }
     chain

@@ -197,7 +197,10 @@ impl Policy {
                 .ok()
                 .filter(|d| !d.is_zero())
                 .ok_or_else(|| {
-                    format!("audiences.{aud}.max_token_ttl: {:?} is not a duration like \"10m\"", a.max_token_ttl)
+                    format!(
+                        "audiences.{aud}.max_token_ttl: {:?} is not a duration like \"10m\"",
+                        a.max_token_ttl
+                    )
                 })?;
             audience_ttl.insert(aud, ttl);
         }
@@ -535,6 +538,89 @@ mod tests {
                 "other"
             )),
             "tenant_not_allowed"
+        );
+    }
+
+    #[test]
+    fn trusted_issuers_and_delegation() {
+        let p = Policy::parse(
+            r#"
+            [[rule]]
+            name = "internal-wi"
+            path = "/internal/*"
+            accept = ["service", "workload"]
+            audience = "internal"
+            trusted_issuers = ["cluster"]
+
+            [[rule]]
+            name = "api-delegated"
+            path = "/api/*"
+            accept = ["human"]
+            audience = "api"
+            trusted_issuers = ["corp"]
+            delegation = "required"
+
+            [audiences.api]
+            max_token_ttl = "10m"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(p.audience_ttl["api"], Duration::from_secs(600));
+        let upstream = |name: &str, principal: Principal, aud: &str, act: bool| {
+            let mut t = token(IssuerKind::Human, aud, "", "c", "t");
+            t.issuer = TokenIssuer::Trusted(name.into());
+            t.claims.principal = principal;
+            t.claims.act = act.then(|| serde_json::json!({"sub": "app"}));
+            t
+        };
+        let internal = p.route("GET", "/internal/x").unwrap();
+        let api = p.route("GET", "/api/x").unwrap();
+        let code = |rule, t: &VerifiedToken| decide(rule, t).map_err(|d| d.code());
+        assert_eq!(
+            code(
+                internal,
+                &upstream("cluster", Principal::Workload, "internal", false)
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            code(
+                internal,
+                &upstream("other", Principal::Workload, "internal", false)
+            ),
+            Err("issuer_not_accepted")
+        );
+        // A person from a named issuer is still not a workload.
+        assert_eq!(
+            code(
+                internal,
+                &upstream("cluster", Principal::Human, "internal", false)
+            ),
+            Err("credential_kind_not_accepted")
+        );
+        assert_eq!(
+            code(api, &upstream("corp", Principal::Human, "api", true)),
+            Ok(())
+        );
+        assert_eq!(
+            code(api, &upstream("corp", Principal::Human, "api", false)),
+            Err("delegation_required")
+        );
+        let mut own = token(IssuerKind::Human, "api", "", "c", "t");
+        own.claims.act = Some(serde_json::json!({"sub": "app"}));
+        assert_eq!(code(api, &own), Ok(()));
+        assert!(
+            Policy::parse("[[rule]]\nname='a'\npath='/a'\naccept=['workload']\naudience='x'")
+                .is_err()
+        );
+        assert!(Policy::parse("[audiences.api]\nmax_token_ttl='soon'").is_err());
+        let forbidden = Policy::parse(
+            "[[rule]]\nname='a'\npath='/a'\naccept=['human']\naudience='api'\ndelegation='forbidden'",
+        )
+        .unwrap();
+        assert_eq!(
+            code(forbidden.route("GET", "/a").unwrap(), &own),
+            Err("delegation_forbidden")
         );
     }
 

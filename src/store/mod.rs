@@ -127,8 +127,7 @@ pub trait ClientStore: Send + Sync {
         &self,
         client_id: Option<&str>,
     ) -> anyhow::Result<Vec<WorkloadBinding>>;
-    async fn workload_client(&self, issuer: &str, subject: &str)
-        -> anyhow::Result<Option<String>>;
+    async fn workload_client(&self, issuer: &str, subject: &str) -> anyhow::Result<Option<String>>;
 }
 
 #[async_trait]

@@ -306,7 +306,11 @@ impl KeyCache {
         }
         fingerprint.sort();
         let floor = ms(self.config.refresh_min_interval);
-        Ok((keys, fingerprint.join("\n"), ttl.clamp(floor, MAX_TTL_MS.max(floor))))
+        Ok((
+            keys,
+            fingerprint.join("\n"),
+            ttl.clamp(floor, MAX_TTL_MS.max(floor)),
+        ))
     }
 
     /// GET with a size cap; returns the body and its cache lifetime.
@@ -334,7 +338,9 @@ impl KeyCache {
             .map_err(|e| format!("GET {url}: {}", error_chain(&e)))?
         {
             if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-                return Err(format!("GET {url}: response larger than {MAX_RESPONSE_BYTES} bytes"));
+                return Err(format!(
+                    "GET {url}: response larger than {MAX_RESPONSE_BYTES} bytes"
+                ));
             }
             body.extend_from_slice(&chunk);
         }

@@ -224,7 +224,12 @@ impl TrustedIssuers {
         let mut scopes: BTreeSet<String> = claims
             .get("scope")
             .and_then(Value::as_str)
-            .map(|s| s.split(' ').filter(|s| !s.is_empty()).map(str::to_string).collect())
+            .map(|s| {
+                s.split(' ')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            })
             .unwrap_or_default();
         scopes.extend(strings(claims.get("scp")));
         scopes.extend(cfg.default_scopes.iter().cloned());
@@ -320,8 +325,14 @@ mod tests {
     fn token_forms() {
         let m = |v: Value| v.as_object().unwrap().clone();
         let plain_jwt = m(serde_json::json!({"sub": "a"}));
-        assert_eq!(TokenForm::classify(Some("at+jwt"), &plain_jwt), TokenForm::AccessToken);
-        assert_eq!(TokenForm::classify(Some("JWT"), &plain_jwt), TokenForm::Unknown);
+        assert_eq!(
+            TokenForm::classify(Some("at+jwt"), &plain_jwt),
+            TokenForm::AccessToken
+        );
+        assert_eq!(
+            TokenForm::classify(Some("JWT"), &plain_jwt),
+            TokenForm::Unknown
+        );
         assert_eq!(
             TokenForm::classify(Some("JWT"), &m(serde_json::json!({"nonce": "n"}))),
             TokenForm::IdToken

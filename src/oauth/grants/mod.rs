@@ -25,9 +25,9 @@ impl Grant {
             "client_credentials" => Ok(Grant::ClientCredentials(
                 client_credentials::Params::parse(params)?,
             )),
-            token_exchange::GRANT_TYPE => Ok(Grant::TokenExchange(
-                token_exchange::Params::parse(params)?,
-            )),
+            token_exchange::GRANT_TYPE => {
+                Ok(Grant::TokenExchange(token_exchange::Params::parse(params)?))
+            }
             other => Err(OAuthError::UnsupportedGrantType(
                 format!(
                     "grant_type {} is not supported",

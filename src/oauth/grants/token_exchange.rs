@@ -193,7 +193,10 @@ async fn exchange_workload(
     subject: &VerifiedToken,
     rec: &mut AuditRecord,
 ) -> Result<TokenResponse, OAuthError> {
-    if !matches!(params.subject_token_type, TokenType::Jwt | TokenType::IdToken) {
+    if !matches!(
+        params.subject_token_type,
+        TokenType::Jwt | TokenType::IdToken
+    ) {
         return Err(OAuthError::invalid_request(
             "subject_token_type does not match the token: a workload identity token is a jwt",
         ));
@@ -259,7 +262,11 @@ async fn exchange_workload(
 }
 
 /// What the client may do for users, for these audiences.
-fn covering<'a>(delegations: &'a [Delegation], targets: &[String], now: i64) -> Vec<&'a Delegation> {
+fn covering<'a>(
+    delegations: &'a [Delegation],
+    targets: &[String],
+    now: i64,
+) -> Vec<&'a Delegation> {
     delegations
         .iter()
         .filter(|d| d.is_live(now) && targets.iter().all(|t| d.audiences.contains(t)))
@@ -430,7 +437,10 @@ async fn delegate(
             }
             asked
         }
-        None => allowed.into_iter().filter(|s| claims.has_scope(s)).collect(),
+        None => allowed
+            .into_iter()
+            .filter(|s| claims.has_scope(s))
+            .collect(),
     };
 
     // Lifetime: the issuer's, capped by the policy for each audience and by
@@ -446,7 +456,9 @@ async fn delegate(
     }
     ttl = ttl.min(claims.exp - now);
     if ttl <= 0 {
-        return Err(invalid_grant("subject_token is not valid: token has expired"));
+        return Err(invalid_grant(
+            "subject_token is not valid: token has expired",
+        ));
     }
 
     let issuer = &app.issuers.human;
@@ -486,10 +498,22 @@ mod tests {
     fn may_act_forms() {
         let iss = "https://t/issuers/service";
         assert!(may_act_admits(&json!({"sub": "app"}), "app", iss));
-        assert!(may_act_admits(&json!({"sub": "app", "iss": iss}), "app", iss));
-        assert!(!may_act_admits(&json!({"sub": "app", "iss": "https://x"}), "app", iss));
+        assert!(may_act_admits(
+            &json!({"sub": "app", "iss": iss}),
+            "app",
+            iss
+        ));
+        assert!(!may_act_admits(
+            &json!({"sub": "app", "iss": "https://x"}),
+            "app",
+            iss
+        ));
         assert!(!may_act_admits(&json!({"sub": "other"}), "app", iss));
-        assert!(may_act_admits(&json!([{"sub": "x"}, {"sub": "app"}]), "app", iss));
+        assert!(may_act_admits(
+            &json!([{"sub": "x"}, {"sub": "app"}]),
+            "app",
+            iss
+        ));
         assert!(!may_act_admits(&json!("app"), "app", iss));
     }
 
