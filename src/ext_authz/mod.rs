@@ -124,6 +124,7 @@ pub async fn check(app: &App, req: CheckRequest<'_>) -> CheckResponse {
         rec.policy_version = Some(policy.version.clone());
         if let Some(t) = &token {
             describe_token(&mut rec, &t.claims);
+            rec.upstream_issuer = t.upstream.as_ref().map(|u| u.name.clone());
         }
         let route = format!("{method} {}", req.path.split('?').next().unwrap_or(""));
         let meta = RequestMeta {

@@ -1,5 +1,8 @@
 //! `/healthz` (the process answers), `/readyz` (store reachable, both
 //! issuers have a signing key, a policy is loaded) and `/metrics`.
+//! Trusted issuers' key caches are reported by `/readyz` but do not decide
+//! readiness: an IdP outage must not take the whole service out of
+//! rotation, and its tokens are refused (503) meanwhile anyway.
 
 use std::time::Duration;
 
@@ -32,12 +35,26 @@ pub async fn readyz(State(app): State<AppState>) -> impl IntoResponse {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    let now_ms = app.clock.now_millis();
+    let trusted: serde_json::Map<String, serde_json::Value> = app
+        .trusted
+        .issuers
+        .iter()
+        .map(|t| {
+            let status = t.keys.status(now_ms);
+            (
+                t.config.name.clone(),
+                json!({"keys_usable": status.usable, "keys": status.keys, "last_error": status.last_error}),
+            )
+        })
+        .collect();
     (
         status,
         Json(json!({
             "status": if ready { "ready" } else { "not_ready" },
             "checks": {"store": store, "keys": keys, "policy": !policy.rules.is_empty()},
             "policy_version": policy.version,
+            "trusted_issuers": trusted,
         })),
     )
 }

@@ -48,4 +48,7 @@ pub fn describe_token(rec: &mut AuditRecord, claims: &AccessClaims) {
     rec.audience = Some(claims.aud.join(" "));
     rec.scopes = Some(claims.scope.clone());
     rec.jti = Some(claims.jti.clone());
+    if claims.act.is_some() {
+        rec.actor = Some(actor_chain(claims.act.as_ref()).join(" "));
+    }
 }
