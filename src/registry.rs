@@ -32,6 +32,19 @@ fn check_label(what: &str, value: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Checks the audiences (at least one) and returns the scopes as RFC 6749
+/// scope tokens, deduplicated.
+fn check_grantable(audiences: &[String], scopes: &[String]) -> anyhow::Result<Vec<String>> {
+    if audiences.is_empty() {
+        bail!("at least one audience is required");
+    }
+    for a in audiences {
+        check_label("audience", a)?;
+    }
+    parse_scope(&scopes.join(" "))
+        .map_err(|_| anyhow::anyhow!("scopes must be RFC 6749 scope tokens"))
+}
+
 /// Validates and stores a client; returns it with its secret (the only
 /// time the secret exists outside the caller's hands).
 pub async fn create_client(
@@ -42,14 +55,7 @@ pub async fn create_client(
 ) -> anyhow::Result<(Client, Option<String>)> {
     check_label("name", &new.name)?;
     check_label("tenant", &new.tenant)?;
-    if new.audiences.is_empty() {
-        bail!("at least one audience is required");
-    }
-    for a in &new.audiences {
-        check_label("audience", a)?;
-    }
-    let scopes = parse_scope(&new.scopes.join(" "))
-        .map_err(|_| anyhow::anyhow!("scopes must be RFC 6749 scope tokens"))?;
+    let scopes = check_grantable(&new.audiences, &new.scopes)?;
     if let Some(ttl) = new.token_ttl {
         if ttl <= 0 || ttl > config.issuers.service.max_token_ttl.as_secs() as i64 {
             bail!("ttl must be positive and at most issuers.service.max_token_ttl");
@@ -133,14 +139,7 @@ pub async fn add_delegation(
     if store.get_client(&new.client_id).await?.is_none() {
         bail!("no client {:?}", new.client_id);
     }
-    if new.audiences.is_empty() {
-        bail!("at least one audience is required");
-    }
-    for a in &new.audiences {
-        check_label("audience", a)?;
-    }
-    let scopes = parse_scope(&new.scopes.join(" "))
-        .map_err(|_| anyhow::anyhow!("scopes must be RFC 6749 scope tokens"))?;
+    let scopes = check_grantable(&new.audiences, &new.scopes)?;
     for actor in &new.actors {
         if store.get_client(actor).await?.is_none() {
             bail!("no client {actor:?} (--actor)");

@@ -4,7 +4,7 @@
 //! be within the client's registration; without them the client gets every
 //! audience and scope it is registered for (RFC 6749 §3.3 default).
 
-use super::{parse_resource, parse_scope, TokenResponse};
+use super::{parse_scope, parse_targets, TokenResponse};
 use crate::app::App;
 use crate::audit::AuditRecord;
 use crate::issuer::{AccessClaims, Principal};
@@ -22,14 +22,7 @@ pub struct Params {
 impl Params {
     pub fn parse(p: &FormParams) -> Result<Self, OAuthError> {
         let scope = p.get("scope").map(parse_scope).transpose()?;
-        let mut targets: Vec<String> = p.all("audience").into_iter().map(str::to_string).collect();
-        for r in p.all("resource") {
-            targets.push(parse_resource(r)?);
-        }
-        if targets.iter().any(|t| t.len() > 512) {
-            return Err(OAuthError::InvalidTarget("audience is too long".into()));
-        }
-        targets.dedup();
+        let targets = parse_targets(p)?;
         Ok(Self { scope, targets })
     }
 }

@@ -127,6 +127,27 @@ pub fn parse_scope(text: &str) -> Result<Vec<String>, OAuthError> {
     Ok(out)
 }
 
+/// The requested targets: every `audience` (RFC 8693 §2.1) and `resource`
+/// (RFC 8707 §2) value together, deduplicated.
+pub fn parse_targets(p: &FormParams) -> Result<Vec<String>, OAuthError> {
+    let mut targets: Vec<String> = p.all("audience").into_iter().map(str::to_string).collect();
+    for r in p.all("resource") {
+        targets.push(parse_resource(r)?);
+    }
+    if targets.iter().any(|t| t.len() > 512) {
+        return Err(OAuthError::InvalidTarget("audience is too long".into()));
+    }
+    let mut seen = Vec::with_capacity(targets.len());
+    targets.retain(|t| {
+        let fresh = !seen.contains(t);
+        if fresh {
+            seen.push(t.clone());
+        }
+        fresh
+    });
+    Ok(targets)
+}
+
 /// RFC 8707 §2: a `resource` is an absolute URI without a fragment.
 pub fn parse_resource(text: &str) -> Result<String, OAuthError> {
     match url::Url::parse(text) {

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::client_credentials::{self, issue_service_token};
-use super::{parse_resource, parse_scope, TokenResponse};
+use super::{parse_scope, parse_targets, TokenResponse};
 use crate::app::App;
 use crate::audit::AuditRecord;
 use crate::config::TrustedKind;
@@ -120,15 +120,7 @@ impl Params {
             }
         };
         let scope = p.get("scope").map(parse_scope).transpose()?;
-        let mut targets: Vec<String> = p.all("audience").into_iter().map(str::to_string).collect();
-        for r in p.all("resource") {
-            targets.push(parse_resource(r)?);
-        }
-        if targets.iter().any(|t| t.len() > 512) {
-            return Err(OAuthError::InvalidTarget("audience is too long".into()));
-        }
-        targets.sort();
-        targets.dedup();
+        let targets = parse_targets(p)?;
         Ok(Self {
             subject_token,
             subject_token_type,
