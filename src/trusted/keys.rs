@@ -128,6 +128,11 @@ impl KeyCache {
         }
     }
 
+    /// Whether the cached keys may still be used at `now` (Unix ms).
+    pub fn is_usable(&self, now: i64) -> bool {
+        self.usable(&self.state.read(), now)
+    }
+
     /// Whether a background refresh is due (never fetched, or past fresh).
     pub fn refresh_due(&self, now: i64) -> bool {
         let st = self.state.read();
@@ -163,21 +168,20 @@ impl KeyCache {
             if !found.is_empty() {
                 return Ok(found);
             }
-            // A key we have not seen: perhaps the IdP rotated. One refresh,
-            // rate-limited, then the answer stands.
-            if self.may_attempt(&st, t) {
-                self.refresh_until(deadline, st.attempts).await;
-                let st = self.state.read().clone();
-                let found = Self::candidates(&st.keys, kid, alg);
-                if !found.is_empty() && self.usable(&st, self.now()) {
-                    return Ok(found);
-                }
+            // A key we have not seen: perhaps the IdP rotated. One refresh
+            // (rate-limited inside; a fetch already running is waited for),
+            // then the answer stands.
+            self.refresh_until(deadline, st.attempts).await;
+            let st = self.state.read().clone();
+            let found = Self::candidates(&st.keys, kid, alg);
+            if !found.is_empty() && self.usable(&st, self.now()) {
+                return Ok(found);
             }
             return Err(KeyError::Unknown);
         }
-        if self.may_attempt(&st, t) {
-            self.refresh_until(deadline, st.attempts).await;
-        }
+        // No usable keys: fetch (or wait for the fetch in flight), unless
+        // the rate limit says a fetch failed moments ago; then fail fast.
+        self.refresh_until(deadline, st.attempts).await;
         let st = self.state.read().clone();
         if !self.usable(&st, self.now()) {
             return Err(KeyError::Unavailable);
@@ -207,7 +211,9 @@ impl KeyCache {
     }
 
     /// Refreshes once, unless another caller has attempted one since
-    /// `seen` or the rate limit forbids it. Returns by `deadline`.
+    /// `seen` or the rate limit forbids it. Holding the lock while fetching
+    /// makes callers that arrive during a fetch wait for it. Returns by
+    /// `deadline`.
     async fn refresh_until(&self, deadline: tokio::time::Instant, seen: u64) {
         let Ok(_guard) = tokio::time::timeout_at(deadline, self.refresh.lock()).await else {
             return;

@@ -166,7 +166,16 @@ impl TrustedIssuers {
         let generation = self.generation.load(Ordering::Relaxed);
         let digest = VerifiedCache::<VerifiedToken>::digest(token);
         if let Some(hit) = self.cache.get(&digest, now, generation) {
-            return Ok(hit);
+            // A token verified earlier passes only while its issuer's keys
+            // are still usable: past `max_staleness` nothing does.
+            let usable = hit
+                .upstream
+                .as_ref()
+                .and_then(|u| self.by_name(&u.name))
+                .is_some_and(|t| t.keys.is_usable(self.clock.now_millis()));
+            if usable {
+                return Ok(hit);
+            }
         }
         let parsed = Unverified::parse(token, self.max_token_bytes)?;
         let unverified: Map<String, Value> = parsed.claims()?;

@@ -59,9 +59,9 @@ async fn apply_mode(state: &IdpState) -> Option<Response> {
             None
         }
         Mode::Down => Some(StatusCode::SERVICE_UNAVAILABLE.into_response()),
-        Mode::Garbage => Some(
-            ([(header::CONTENT_TYPE, "application/json")], "<html>oops").into_response(),
-        ),
+        Mode::Garbage => {
+            Some(([(header::CONTENT_TYPE, "application/json")], "<html>oops").into_response())
+        }
     }
 }
 

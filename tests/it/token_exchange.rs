@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 use tessera::registry::{add_delegation, NewDelegation};
 
 use crate::harness::{claims_of, TestApp};
-use crate::idp::TestIdp;
+use crate::idp::{Mode, TestIdp};
 
 pub const GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 pub const ID_TOKEN: &str = "urn:ietf:params:oauth:token-type:id_token";
@@ -52,7 +52,8 @@ pub async fn exchange(
 ) -> crate::harness::Reply {
     let mut form = vec![("grant_type", GRANT)];
     form.extend_from_slice(extra);
-    t.post_form("/oauth2/token", Some((id, secret)), &form).await
+    t.post_form("/oauth2/token", Some((id, secret)), &form)
+        .await
 }
 
 /// Verifies a human-issuer token with a stock JWT library and the
@@ -68,7 +69,9 @@ pub async fn verify_human(t: &TestApp, token: &str, aud: &str) -> Value {
         .await
         .unwrap();
     let header = jsonwebtoken::decode_header(token).unwrap();
-    let jwk = jwks.find(header.kid.as_deref().unwrap()).expect("kid published");
+    let jwk = jwks
+        .find(header.kid.as_deref().unwrap())
+        .expect("kid published");
     let key = jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap();
     let mut v = jsonwebtoken::Validation::new(header.alg);
     v.set_audience(&[aud]);
@@ -136,5 +139,819 @@ async fn an_id_token_from_the_trusted_idp_becomes_a_delegated_human_token() {
     assert_eq!(rec.record.audience.as_deref(), Some("api"));
     assert_eq!(rec.record.scopes.as_deref(), Some("reports:read"));
     assert!(rec.record.policy_version.is_some());
-    assert_eq!(claims_of(token)["jti"], rec.record.jti.clone().unwrap().as_str());
+    assert_eq!(
+        claims_of(token)["jti"],
+        rec.record.jti.clone().unwrap().as_str()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Helpers for the tests below.
+
+/// A registered client of tenant `acme` with one delegation for
+/// `audience`/`scopes`, naming `actors` and expiring at `expires_at`.
+async fn delegated_client(
+    t: &TestApp,
+    audience: &str,
+    scopes: &[&str],
+    actors: &[&str],
+    expires_at: Option<i64>,
+) -> (tessera::store::Client, String) {
+    let (client, secret) = t.client("acme", &["internal"], &["svc:own"]).await;
+    let app = t.app();
+    add_delegation(
+        app.store.as_ref(),
+        NewDelegation {
+            client_id: client.client_id.clone(),
+            audiences: vec![audience.into()],
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            actors: actors.iter().map(|s| s.to_string()).collect(),
+            expires_at,
+        },
+        app.clock.now(),
+    )
+    .await
+    .unwrap();
+    (client, secret)
+}
+
+/// `start_with`, then waits (at most 5 s) until the IdP's keys are cached,
+/// so that a test about token checks is not answered 503 by the key cache
+/// (see `an_exchange_during_the_first_key_fetch_waits_for_it_instead_of_503`).
+async fn start_with_keys(idp: &TestIdp) -> TestApp {
+    let t = start_with(idp).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let app = t.app();
+        let status = app
+            .trusted
+            .by_name("corp")
+            .expect("corp is configured")
+            .keys
+            .status(app.clock.now_millis());
+        if status.usable {
+            return t;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the IdP's keys were not fetched within 5 s: {status:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// The newest `token_exchange` audit record.
+async fn last_exchange_record(t: &TestApp) -> tessera::audit::AuditRecord {
+    t.audit()
+        .await
+        .into_iter()
+        .rev()
+        .find(|r| r.record.event == "token_exchange")
+        .expect("a token_exchange audit record")
+        .record
+}
+
+/// Asserts an OAuth error response with `status` and `error`.
+fn assert_error(r: &crate::harness::Reply, status: u16, error: &str) {
+    assert_eq!(r.status, status, "{}", r.text);
+    assert_eq!(r.error(), error, "{}", r.text);
+}
+
+/// Asserts that the newest exchange record is a refusal with `code`.
+async fn assert_denied_audit(t: &TestApp, code: &str) -> tessera::audit::AuditRecord {
+    let rec = last_exchange_record(t).await;
+    assert_eq!(rec.decision, "deny", "{rec:?}");
+    assert!(
+        rec.reason.starts_with(&format!("{code}: ")) && rec.reason.len() > code.len() + 2,
+        "reason {:?} should be \"{code}: <description>\"",
+        rec.reason
+    );
+    rec
+}
+
+fn scope_set(s: &Value) -> std::collections::BTreeSet<String> {
+    s.as_str()
+        .unwrap_or_default()
+        .split(' ')
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+fn set(items: &[&str]) -> std::collections::BTreeSet<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+/// A compact JWS with the given header and claims and an arbitrary
+/// signature part (for tokens no real library would sign).
+fn raw_jws(header: &Value, claims: &Value, signature: &str) -> String {
+    format!(
+        "{}.{}.{signature}",
+        crate::harness::b64(header.to_string().as_bytes()),
+        crate::harness::b64(claims.to_string().as_bytes()),
+    )
+}
+
+/// Claims of an RFC 9068 access token from `idp` for `sub`, as
+/// `TestIdp::access_token` makes them.
+fn idp_access_claims(idp: &TestIdp, sub: &str, scope: &str) -> Value {
+    let mut c = idp.claims(sub, "tessera");
+    c["tenant"] = "acme".into();
+    c["scope"] = scope.into();
+    c["client_id"] = "portal".into();
+    c
+}
+
+/// Exchanges a subject token of `ty` for audience `api`.
+async fn exchange_for_api(
+    t: &TestApp,
+    creds: (&str, &str),
+    subject: &str,
+    ty: &str,
+) -> crate::harness::Reply {
+    exchange(
+        t,
+        creds,
+        &[
+            ("subject_token", subject),
+            ("subject_token_type", ty),
+            ("audience", "api"),
+        ],
+    )
+    .await
+}
+
+// ---------------------------------------------------------------------------
+// 1. Tessera human-issuer subject tokens.
+
+#[tokio::test]
+async fn a_tessera_human_token_declared_as_access_token_is_exchanged() {
+    let t = TestApp::start().await;
+    let (id, secret) = product(&t, "api", &["reports:read", "reports:write"]).await;
+    let user = t.human_token("alice", "portal", "reports:read profile");
+    let r = exchange_for_api(&t, (&id, &secret), &user, ACCESS_TOKEN).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["issued_token_type"], ACCESS_TOKEN);
+    assert_eq!(r.body["token_type"], "Bearer");
+    assert_eq!(r.body["scope"], "reports:read");
+    let token = r.body["access_token"].as_str().unwrap();
+    let claims = verify_human(&t, token, "api").await;
+    assert_eq!(claims["sub"], "alice");
+    assert_eq!(claims["tenant"], "acme");
+    assert_eq!(claims["principal"], "human");
+    assert_eq!(claims["client_id"], id.as_str());
+    assert_eq!(claims["act"], json!({"sub": id}));
+    assert_eq!(claims["scope"], "reports:read");
+
+    let rec = last_exchange_record(&t).await;
+    assert_eq!(rec.decision, "allow");
+    assert_eq!(rec.subject.as_deref(), Some("alice"));
+    assert_eq!(rec.actor.as_deref(), Some(id.as_str()));
+    assert_eq!(rec.upstream_issuer, None);
+}
+
+#[tokio::test]
+async fn a_tessera_human_token_declared_as_jwt_is_exchanged() {
+    let t = TestApp::start().await;
+    let (id, secret) = product(&t, "api", &["reports:read"]).await;
+    let user = t.human_token("alice", "portal", "reports:read");
+    let r = exchange_for_api(&t, (&id, &secret), &user, JWT).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["issued_token_type"], ACCESS_TOKEN);
+    assert_eq!(r.body["scope"], "reports:read");
+    let claims = verify_human(&t, r.body["access_token"].as_str().unwrap(), "api").await;
+    assert_eq!(claims["sub"], "alice");
+    assert_eq!(claims["act"], json!({"sub": id}));
+}
+
+// ---------------------------------------------------------------------------
+// 2. RFC 9068 access tokens from the trusted IdP.
+
+#[tokio::test]
+async fn an_idp_access_token_is_exchanged_for_asked_scope_within_delegation_and_user_scopes() {
+    let idp = TestIdp::start().await;
+    let t = start_with_keys(&idp).await;
+    let (id, secret) = product(
+        &t,
+        "api",
+        &["reports:read", "reports:write", "reports:export"],
+    )
+    .await;
+    // alice holds read, export and profile; the delegation allows read,
+    // write and export.
+    let user = idp.access_token("alice", "reports:read reports:export profile", json!({}));
+
+    // Nothing asked: delegation ∩ held.
+    let r = exchange_for_api(&t, (&id, &secret), &user, ACCESS_TOKEN).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        scope_set(&r.body["scope"]),
+        set(&["reports:read", "reports:export"])
+    );
+    let claims = verify_human(&t, r.body["access_token"].as_str().unwrap(), "api").await;
+    assert_eq!(claims["sub"], "alice");
+    assert_eq!(claims["act"], json!({"sub": id}));
+    assert_eq!(
+        scope_set(&claims["scope"]),
+        set(&["reports:read", "reports:export"])
+    );
+    let rec = last_exchange_record(&t).await;
+    assert_eq!(rec.decision, "allow");
+    assert_eq!(rec.upstream_issuer.as_deref(), Some("corp"));
+
+    // Asked for read only: asked ∩ delegation ∩ held = read.
+    let r = exchange(
+        &t,
+        (&id, &secret),
+        &[
+            ("subject_token", &user),
+            ("subject_token_type", ACCESS_TOKEN),
+            ("audience", "api"),
+            ("scope", "reports:read"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["scope"], "reports:read");
+    let claims = verify_human(&t, r.body["access_token"].as_str().unwrap(), "api").await;
+    assert_eq!(claims["scope"], "reports:read");
+}
+
+// ---------------------------------------------------------------------------
+// 3. Nested `act` and the delegation depth limit.
+
+#[tokio::test]
+async fn an_act_on_the_subject_token_is_nested_under_the_new_actor() {
+    let t = TestApp::start().await;
+    let (id, secret) = product(&t, "api", &["reports:read"]).await;
+    let mut claims = t.human_claims("alice", "portal", "reports:read");
+    claims.act = Some(json!({"sub": "first"}));
+    let user = t.app().issuers.human.mint(&claims).unwrap();
+    let r = exchange_for_api(&t, (&id, &secret), &user, ACCESS_TOKEN).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let out = verify_human(&t, r.body["access_token"].as_str().unwrap(), "api").await;
+    assert_eq!(out["act"], json!({"sub": id, "act": {"sub": "first"}}));
+    let rec = last_exchange_record(&t).await;
+    assert_eq!(rec.decision, "allow");
+    assert_eq!(rec.actor, Some(format!("{id} first")));
+}
+
+#[tokio::test]
+async fn a_chain_at_max_delegation_depth_passes_and_one_beyond_is_invalid_grant() {
+    let t = TestApp::builder()
+        .config("[oauth]\nmax_delegation_depth = 2")
+        .start()
+        .await;
+    let (id, secret) = product(&t, "api", &["reports:read"]).await;
+
+    // One actor already: the new chain is product → first (2 actors).
+    let mut claims = t.human_claims("alice", "portal", "reports:read");
+    claims.act = Some(json!({"sub": "first"}));
+    let at_limit = t.app().issuers.human.mint(&claims).unwrap();
+    let r = exchange_for_api(&t, (&id, &secret), &at_limit, ACCESS_TOKEN).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+
+    // Two actors already: product → first → zeroth (3 actors) is too deep.
+    let mut claims = t.human_claims("alice", "portal", "reports:read");
+    claims.act = Some(json!({"sub": "first", "act": {"sub": "zeroth"}}));
+    let too_deep = t.app().issuers.human.mint(&claims).unwrap();
+    let r = exchange_for_api(&t, (&id, &secret), &too_deep, ACCESS_TOKEN).await;
+    assert_error(&r, 400, "invalid_grant");
+    let rec = assert_denied_audit(&t, "invalid_grant").await;
+    assert_eq!(rec.subject.as_deref(), Some("alice"));
+}
+
+// ---------------------------------------------------------------------------
+// 4. may_act (RFC 8693 §4.4).
+
+#[tokio::test]
+async fn may_act_naming_the_client_allows_the_exchange() {
+    let idp = TestIdp::start().await;
+    let t = start_with_keys(&idp).await;
+    let (id, secret) = product(&t, "api", &["reports:read"]).await;
+    let user = idp.access_token("alice", "reports:read", json!({"may_act": {"sub": id}}));
+    let r = exchange_for_api(&t, (&id, &secret), &user, ACCESS_TOKEN).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let claims = verify_human(&t, r.body["access_token"].as_str().unwrap(), "api").await;
+    assert_eq!(claims["act"], json!({"sub": id}));
+}
+
+#[tokio::test]
+async fn may_act_naming_someone_else_is_invalid_grant() {
+    let idp = TestIdp::start().await;
+    let t = start_with_keys(&idp).await;
+    let (id, secret) = product(&t, "api", &["reports:read"]).await;
+    let user = idp.access_token(
+        "alice",
+        "reports:read",
+        json!({"may_act": {"sub": "someone-else"}}),
+    );
+    let r = exchange_for_api(&t, (&id, &secret), &user, ACCESS_TOKEN).await;
+    assert_error(&r, 400, "invalid_grant");
+    assert_denied_audit(&t, "invalid_grant").await;
+}
+
+// ---------------------------------------------------------------------------
+// 5. actor_token.
+
+async fn exchange_with_actor(
+    t: &TestApp,
+    creds: (&str, &str),
+    subject: &str,
+    actor: &str,
+    actor_type: Option<&str>,
+) -> crate::harness::Reply {
+    let mut form = vec![
+        ("subject_token", subject),
+        ("subject_token_type", ACCESS_TOKEN),
+        ("audience", "api"),
+        ("actor_token", actor),
+    ];
+    if let Some(ty) = actor_type {
+        form.push(("actor_token_type", ty));
+    }
+    exchange(t, creds, &form).await
+}
+
+#[tokio::test]
+async fn the_clients_own_service_token_as_actor_token_is_accepted() {
+    let t = TestApp::start().await;
+    let (client, secret) = delegated_client(&t, "api", &["reports:read"], &[], None).await;
+    let actor = t.service_token(&client, &secret, &[]).await;
+    let user = t.human_token("alice", "portal", "reports:read");
+    let r = exchange_with_actor(
+        &t,
+        (&client.client_id, &secret),
+        &user,
+        &actor,
+        Some(ACCESS_TOKEN),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let claims = verify_human(&t, r.body["access_token"].as_str().unwrap(), "api").await;
+    assert_eq!(claims["act"]["sub"], client.client_id.as_str());
+    assert_eq!(claims["client_id"], client.client_id.as_str());
+}
+
+#[tokio::test]
+async fn another_clients_service_token_as_actor_token_is_invalid_grant() {
+    let t = TestApp::start().await;
+    let (client, secret) = delegated_client(&t, "api", &["reports:read"], &[], None).await;
+    let (other, other_secret) = t.client("acme", &["internal"], &[]).await;
+    let actor = t.service_token(&other, &other_secret, &[]).await;
+    let user = t.human_token("alice", "portal", "reports:read");
+    let r = exchange_with_actor(
+        &t,
+        (&client.client_id, &secret),
+        &user,
+        &actor,
+        Some(ACCESS_TOKEN),
+    )
+    .await;
+    assert_error(&r, 400, "invalid_grant");
+    assert_denied_audit(&t, "invalid_grant").await;
+}
+
+#[tokio::test]
+async fn another_clients_service_token_is_accepted_when_the_delegation_names_it_as_actor() {
+    let t = TestApp::start().await;
+    let (other, other_secret) = t.client("acme", &["internal"], &[]).await;
+    let (client, secret) =
+        delegated_client(&t, "api", &["reports:read"], &[&other.client_id], None).await;
+    let actor = t.service_token(&other, &other_secret, &[]).await;
+    let user = t.human_token("alice", "portal", "reports:read");
+    let r = exchange_with_actor(
+        &t,
+        (&client.client_id, &secret),
+        &user,
+        &actor,
+        Some(ACCESS_TOKEN),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let claims = verify_human(&t, r.body["access_token"].as_str().unwrap(), "api").await;
+    assert_eq!(claims["act"], json!({"sub": other.client_id}));
+    assert_eq!(claims["client_id"], client.client_id.as_str());
+    let rec = last_exchange_record(&t).await;
+    assert_eq!(rec.decision, "allow");
+    assert_eq!(rec.actor.as_deref(), Some(other.client_id.as_str()));
+}
+
+#[tokio::test]
+async fn actor_token_without_actor_token_type_is_invalid_request() {
+    let t = TestApp::start().await;
+    let (client, secret) = delegated_client(&t, "api", &["reports:read"], &[], None).await;
+    let actor = t.service_token(&client, &secret, &[]).await;
+    let user = t.human_token("alice", "portal", "reports:read");
+    let r = exchange_with_actor(&t, (&client.client_id, &secret), &user, &actor, None).await;
+    assert_error(&r, 400, "invalid_request");
+    assert_denied_audit(&t, "invalid_request").await;
+}
+
+#[tokio::test]
+async fn a_human_token_as_actor_token_is_invalid_grant() {
+    let t = TestApp::start().await;
+    let (client, secret) = delegated_client(&t, "api", &["reports:read"], &[], None).await;
+    let actor = t.human_token("bob", "portal", "reports:read");
+    let user = t.human_token("alice", "portal", "reports:read");
+    let r = exchange_with_actor(
+        &t,
+        (&client.client_id, &secret),
+        &user,
+        &actor,
+        Some(ACCESS_TOKEN),
+    )
+    .await;
+    assert_error(&r, 400, "invalid_grant");
+}
+
+// ---------------------------------------------------------------------------
+// 6. Refusals.
+
+#[tokio::test]
+async fn a_token_from_an_untrusted_issuer_is_invalid_grant() {
+    let idp = TestIdp::start().await;
+    let stranger = TestIdp::start().await;
+    let t = start_with_keys(&idp).await;
+    let (id, secret) = product(&t, "api", &["reports:read"]).await;
+    let user = stranger.access_token("alice", "reports:read", json!({}));
+    let r = exchange_for_api(&t, (&id, &secret), &user, ACCESS_TOKEN).await;
+    assert_error(&r, 400, "invalid_grant");
+    assert_denied_audit(&t, "invalid_grant").await;
+}
+
+#[tokio::test]
+async fn an_idp_token_for_another_audience_is_invalid_grant() {
+    let idp = TestIdp::start().await;
+    let t = start_with_keys(&idp).await;
+    let (id, secret) = product(&t, "api", &["reports:read"]).await;
+    let user = idp.access_token("alice", "reports:read", json!({"aud": "someone-else"}));
+    let r = exchange_for_api(&t, (&id, &secret), &user, ACCESS_TOKEN).await;
+    assert_error(&r, 400, "invalid_grant");
+}
+
+#[tokio::test]
+async fn an_idp_token_expired_beyond_the_clock_skew_is_invalid_grant() {
+    let idp = TestIdp::start().await;
+    let t = start_with_keys(&idp).await;
+    let (id, secret) = product(&t, "api", &["reports:read"]).await;
+    let now = t.app().clock.now();
+    let user = idp.access_token(
+        "alice",
+        "reports:read",
+        json!({"iat": now - 600, "exp": now - 120}),
+    );
+    let r = exchange_for_api(&t, (&id, &secret), &user, ACCESS_TOKEN).await;
+    assert_error(&r, 400, "invalid_grant");
+    assert_denied_audit(&t, "invalid_grant").await;
+}
+
+#[tokio::test]
+async fn an_unsigned_alg_none_token_is_invalid_grant() {
+    let idp = TestIdp::start().await;
+    let t = start_with_keys(&idp).await;
+    let (id, secret) = product(&t, "api", &["reports:read"]).await;
+    let user = raw_jws(
+        &json!({"alg": "none", "typ": "at+jwt"}),
+        &idp_access_claims(&idp, "alice", "reports:read"),
+        "",
+    );
+    let r = exchange_for_api(&t, (&id, &secret), &user, ACCESS_TOKEN).await;
+    assert_error(&r, 400, "invalid_grant");
+}
+
+#[tokio::test]
+async fn an_hs256_token_is_invalid_grant() {
+    let idp = TestIdp::start().await;
+    let t = start_with_keys(&idp).await;
+    let (id, secret) = product(&t, "api", &["reports:read"]).await;
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.typ = Some("at+jwt".into());
+    header.kid = Some("idp-1".into());
+    let user = jsonwebtoken::encode(
+        &header,
+        &idp_access_claims(&idp, "alice", "reports:read"),
+        &jsonwebtoken::EncodingKey::from_secret(b"a shared secret nobody should trust"),
+    )
+    .unwrap();
+    let r = exchange_for_api(&t, (&id, &secret), &user, ACCESS_TOKEN).await;
+    assert_error(&r, 400, "invalid_grant");
+}
+
+#[tokio::test]
+async fn a_token_with_a_tampered_signature_is_invalid_grant() {
+    let idp = TestIdp::start().await;
+    let t = start_with_keys(&idp).await;
+    let (id, secret) = product(&t, "api", &["reports:read"]).await;
+    let good = idp.access_token("alice", "reports:read", json!({}));
+    // Flip one character in the middle of the signature (not the last one,
+    // whose low bits may be padding).
+    let (head, sig) = good.rsplit_once('.').unwrap();
+    let mut sig: Vec<u8> = sig.as_bytes().to_vec();
+    let mid = sig.len() / 2;
+    sig[mid] = if sig[mid] == b'A' { b'B' } else { b'A' };
+    let tampered = format!("{head}.{}", String::from_utf8(sig).unwrap());
+    assert_ne!(tampered, good);
+    let r = exchange_for_api(&t, (&id, &secret), &tampered, ACCESS_TOKEN).await;
+    assert_error(&r, 400, "invalid_grant");
+    // The untampered token is accepted, so the signature is what failed.
+    let r = exchange_for_api(&t, (&id, &secret), &good, ACCESS_TOKEN).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+}
+
+#[tokio::test]
+async fn an_idp_id_token_declared_as_access_token_is_invalid_request() {
+    let idp = TestIdp::start().await;
+    let t = start_with_keys(&idp).await;
+    let (id, secret) = product(&t, "api", &["reports:read"]).await;
+    let user = idp.id_token("alice", json!({"groups": ["analysts"]}));
+    let r = exchange_for_api(&t, (&id, &secret), &user, ACCESS_TOKEN).await;
+    assert_error(&r, 400, "invalid_request");
+    assert_denied_audit(&t, "invalid_request").await;
+}
+
+#[tokio::test]
+async fn a_tessera_access_token_declared_as_id_token_is_invalid_request() {
+    let t = TestApp::start().await;
+    let (id, secret) = product(&t, "api", &["reports:read"]).await;
+    let user = t.human_token("alice", "portal", "reports:read");
+    let r = exchange_for_api(&t, (&id, &secret), &user, ID_TOKEN).await;
+    assert_error(&r, 400, "invalid_request");
+}
+
+#[tokio::test]
+async fn an_unknown_subject_token_type_is_invalid_request() {
+    let t = TestApp::start().await;
+    let (id, secret) = product(&t, "api", &["reports:read"]).await;
+    let user = t.human_token("alice", "portal", "reports:read");
+    let r = exchange_for_api(
+        &t,
+        (&id, &secret),
+        &user,
+        "urn:ietf:params:oauth:token-type:saml2",
+    )
+    .await;
+    assert_error(&r, 400, "invalid_request");
+    assert_denied_audit(&t, "invalid_request").await;
+}
+
+#[tokio::test]
+async fn a_missing_subject_token_is_invalid_request() {
+    let t = TestApp::start().await;
+    let (id, secret) = product(&t, "api", &["reports:read"]).await;
+    let r = exchange(
+        &t,
+        (&id, &secret),
+        &[("subject_token_type", ACCESS_TOKEN), ("audience", "api")],
+    )
+    .await;
+    assert_error(&r, 400, "invalid_request");
+}
+
+#[tokio::test]
+async fn a_service_token_as_subject_token_is_invalid_grant() {
+    let t = TestApp::start().await;
+    let (client, secret) = delegated_client(&t, "api", &["reports:read"], &[], None).await;
+    let service = t.service_token(&client, &secret, &[]).await;
+    let r = exchange_for_api(&t, (&client.client_id, &secret), &service, ACCESS_TOKEN).await;
+    assert_error(&r, 400, "invalid_grant");
+    assert_denied_audit(&t, "invalid_grant").await;
+}
+
+#[tokio::test]
+async fn a_client_without_a_delegation_is_unauthorized_client() {
+    let t = TestApp::start().await;
+    let (client, secret) = t.client("acme", &["internal"], &["svc:own"]).await;
+    let user = t.human_token("alice", "portal", "reports:read");
+    let r = exchange_for_api(&t, (&client.client_id, &secret), &user, ACCESS_TOKEN).await;
+    assert_error(&r, 400, "unauthorized_client");
+    let rec = assert_denied_audit(&t, "unauthorized_client").await;
+    assert_eq!(rec.client_id.as_deref(), Some(client.client_id.as_str()));
+}
+
+#[tokio::test]
+async fn a_scope_the_delegation_allows_but_the_user_does_not_hold_is_invalid_scope() {
+    let t = TestApp::start().await;
+    let (id, secret) = product(&t, "api", &["reports:read", "reports:write"]).await;
+    let user = t.human_token("alice", "portal", "reports:read");
+    let r = exchange(
+        &t,
+        (&id, &secret),
+        &[
+            ("subject_token", &user),
+            ("subject_token_type", ACCESS_TOKEN),
+            ("audience", "api"),
+            ("scope", "reports:read reports:write"),
+        ],
+    )
+    .await;
+    assert_error(&r, 400, "invalid_scope");
+    assert_denied_audit(&t, "invalid_scope").await;
+}
+
+#[tokio::test]
+async fn a_scope_the_user_holds_but_the_delegation_does_not_allow_is_invalid_scope() {
+    let t = TestApp::start().await;
+    let (id, secret) = product(&t, "api", &["reports:read"]).await;
+    let user = t.human_token("alice", "portal", "reports:read admin");
+    let r = exchange(
+        &t,
+        (&id, &secret),
+        &[
+            ("subject_token", &user),
+            ("subject_token_type", ACCESS_TOKEN),
+            ("audience", "api"),
+            ("scope", "admin"),
+        ],
+    )
+    .await;
+    assert_error(&r, 400, "invalid_scope");
+}
+
+#[tokio::test]
+async fn an_audience_no_delegation_covers_is_invalid_target() {
+    let t = TestApp::start().await;
+    let (id, secret) = product(&t, "api", &["reports:read"]).await;
+    let user = t.human_token("alice", "portal", "reports:read");
+    let r = exchange(
+        &t,
+        (&id, &secret),
+        &[
+            ("subject_token", &user),
+            ("subject_token_type", ACCESS_TOKEN),
+            ("audience", "billing"),
+        ],
+    )
+    .await;
+    assert_error(&r, 400, "invalid_target");
+    assert_denied_audit(&t, "invalid_target").await;
+}
+
+#[tokio::test]
+async fn an_oversized_subject_token_is_invalid_grant() {
+    let idp = TestIdp::start().await;
+    let t = start_with_keys(&idp).await;
+    let (id, secret) = product(&t, "api", &["reports:read"]).await;
+    let user = idp.access_token("alice", "reports:read", json!({"pad": "x".repeat(9000)}));
+    assert!(user.len() > 8 * 1024);
+    let r = exchange_for_api(&t, (&id, &secret), &user, ACCESS_TOKEN).await;
+    assert_error(&r, 400, "invalid_grant");
+}
+
+#[tokio::test]
+async fn a_revoked_subject_token_is_invalid_grant() {
+    let t = TestApp::start().await;
+    let (id, secret) = product(&t, "api", &["reports:read"]).await;
+    let claims = t.human_claims("alice", "portal", "reports:read");
+    let user = t.app().issuers.human.mint(&claims).unwrap();
+    // Accepted before the revocation.
+    let r = exchange_for_api(&t, (&id, &secret), &user, ACCESS_TOKEN).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+
+    let app = t.app();
+    app.store
+        .revoke(&claims.jti, claims.exp, app.clock.now())
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while !app.revocations.is_revoked(&claims.jti) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the revocation did not reach the in-memory set within 2 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    let r = exchange_for_api(&t, (&id, &secret), &user, ACCESS_TOKEN).await;
+    assert_error(&r, 400, "invalid_grant");
+    assert_denied_audit(&t, "invalid_grant").await;
+}
+
+#[tokio::test]
+async fn an_expired_delegation_is_unauthorized_client() {
+    let t = TestApp::start().await;
+    let now = t.app().clock.now();
+    let (client, secret) = delegated_client(&t, "api", &["reports:read"], &[], Some(now + 1)).await;
+    let user = t.human_token("alice", "portal", "reports:read");
+    // Live: accepted.
+    let r = exchange_for_api(&t, (&client.client_id, &secret), &user, ACCESS_TOKEN).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    // Expired: refused (the subject token is still valid).
+    t.clock.advance(5);
+    let r = exchange_for_api(&t, (&client.client_id, &secret), &user, ACCESS_TOKEN).await;
+    assert_error(&r, 400, "unauthorized_client");
+    assert_denied_audit(&t, "unauthorized_client").await;
+}
+
+#[tokio::test]
+async fn an_unsupported_requested_token_type_is_invalid_request() {
+    let t = TestApp::start().await;
+    let (id, secret) = product(&t, "api", &["reports:read"]).await;
+    let user = t.human_token("alice", "portal", "reports:read");
+    let r = exchange(
+        &t,
+        (&id, &secret),
+        &[
+            ("subject_token", &user),
+            ("subject_token_type", ACCESS_TOKEN),
+            ("audience", "api"),
+            (
+                "requested_token_type",
+                "urn:ietf:params:oauth:token-type:refresh_token",
+            ),
+        ],
+    )
+    .await;
+    assert_error(&r, 400, "invalid_request");
+}
+
+#[tokio::test]
+async fn an_exchange_of_a_human_token_without_client_authentication_is_invalid_client() {
+    let t = TestApp::start().await;
+    let (_id, _secret) = product(&t, "api", &["reports:read"]).await;
+    let user = t.human_token("alice", "portal", "reports:read");
+    let r = t
+        .post_form(
+            "/oauth2/token",
+            None,
+            &[
+                ("grant_type", GRANT),
+                ("subject_token", &user),
+                ("subject_token_type", ACCESS_TOKEN),
+                ("audience", "api"),
+            ],
+        )
+        .await;
+    assert_error(&r, 401, "invalid_client");
+}
+
+// ---------------------------------------------------------------------------
+// 7. Lifetime.
+
+#[tokio::test]
+async fn the_policy_ttl_for_the_audience_caps_the_delegated_token() {
+    let policy = format!(
+        "{}\n[audiences.api]\nmax_token_ttl = \"60s\"\n",
+        include_str!("../../src/policy/builtin.toml")
+    );
+    let t = TestApp::builder().policy(&policy).start().await;
+    let (id, secret) = product(&t, "api", &["reports:read"]).await;
+    let user = t.human_token("alice", "portal", "reports:read");
+    let r = exchange_for_api(&t, (&id, &secret), &user, ACCESS_TOKEN).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let expires_in = r.body["expires_in"].as_i64().unwrap();
+    assert!(
+        expires_in > 0 && expires_in <= 60,
+        "expires_in = {expires_in}"
+    );
+    let claims = verify_human(&t, r.body["access_token"].as_str().unwrap(), "api").await;
+    let lifetime = claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap();
+    assert!(lifetime <= 60, "token lifetime {lifetime}s");
+}
+
+#[tokio::test]
+async fn the_delegated_token_never_outlives_the_subject_token() {
+    let t = TestApp::start().await;
+    let (id, secret) = product(&t, "api", &["reports:read"]).await;
+    let mut claims = t.human_claims("alice", "portal", "reports:read");
+    claims.exp = t.app().clock.now() + 30;
+    let user = t.app().issuers.human.mint(&claims).unwrap();
+    let r = exchange_for_api(&t, (&id, &secret), &user, ACCESS_TOKEN).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let expires_in = r.body["expires_in"].as_i64().unwrap();
+    assert!(
+        expires_in > 0 && expires_in <= 30,
+        "expires_in = {expires_in}"
+    );
+    let out = verify_human(&t, r.body["access_token"].as_str().unwrap(), "api").await;
+    assert!(out["exp"].as_i64().unwrap() <= claims.exp);
+}
+
+// ---------------------------------------------------------------------------
+// 8. The first exchange after start while the IdP's keys are being fetched.
+
+/// The key cache promises (src/trusted/keys.rs) that "concurrent requests
+/// that need keys wait for [the fetch in flight] (bounded) instead of
+/// starting their own". An exchange that arrives while the server's first
+/// background fetch is still running must therefore wait for it (here
+/// about 0.8 s, well inside the 2 s fetch_timeout) and succeed, not be
+/// answered 503.
+#[tokio::test]
+async fn an_exchange_during_the_first_key_fetch_waits_for_it_instead_of_503() {
+    let idp = TestIdp::start().await;
+    // Discovery and JWKS each answer after 400 ms.
+    idp.set_mode(Mode::Slow(std::time::Duration::from_millis(400)));
+    let t = start_with(&idp).await;
+    let (id, secret) = product(&t, "api", &["reports:read"]).await;
+    // The server's background refresh has reached the IdP: a fetch is in flight.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while idp.discovery_fetches() == 0 {
+        assert!(std::time::Instant::now() < deadline, "no key fetch started");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let user = idp.id_token("alice", json!({"groups": ["analysts"]}));
+    let started = std::time::Instant::now();
+    let r = exchange_for_api(&t, (&id, &secret), &user, ID_TOKEN).await;
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["scope"], "reports:read");
 }
