@@ -329,6 +329,9 @@ async fn client(
             };
             let (client, secret) = registry::create_client(store, config, new, now).await?;
             let mut out = client_json(&client);
+            if no_secret {
+                out["auth_method"] = json!("workload_identity");
+            }
             if let Some(s) = secret {
                 out["client_secret"] = json!(s);
             }

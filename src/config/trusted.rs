@@ -76,8 +76,8 @@ pub struct TrustedIssuerConfig {
     /// A token must name at least one of these in `aud`.
     pub audiences: Vec<String>,
     pub claims: ClaimMapping,
-    /// Tenant for tokens without the tenant claim; without it such a token
-    /// is refused.
+    /// Tenant for tokens without the tenant claim; without it a person's
+    /// token is refused, and a workload's has no tenant of its own.
     pub default_tenant: Option<String>,
     /// Put in front of every subject, to keep several issuers' subjects apart.
     pub subject_prefix: String,

@@ -226,9 +226,15 @@ impl TrustedIssuers {
             return Err(TokenError::MissingClaim);
         }
         let subject = plain(claims.get(&cfg.claims.subject)).ok_or(TokenError::MissingClaim)?;
-        let tenant = plain(claims.get(&cfg.claims.tenant))
-            .or_else(|| cfg.default_tenant.clone())
-            .ok_or(TokenError::MissingClaim)?;
+        // A person must belong to a tenant. A workload's tenant is its bound
+        // client's wherever it gets a token; a token taken directly at a
+        // route may have none (and then fails any `tenants` allow-list).
+        let tenant =
+            match plain(claims.get(&cfg.claims.tenant)).or_else(|| cfg.default_tenant.clone()) {
+                Some(t) => t,
+                None if cfg.kind == TrustedKind::Workload => String::new(),
+                None => return Err(TokenError::MissingClaim),
+            };
         let groups = strings(claims.get(&cfg.claims.groups));
         let mut scopes: BTreeSet<String> = claims
             .get("scope")

@@ -18,3 +18,5 @@ mod private_key_jwt;
 mod replicas;
 mod token;
 mod token_exchange;
+mod trusted_keys;
+mod workload;
