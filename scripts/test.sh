@@ -6,6 +6,9 @@
 #
 #   TESSERA_TEST_DATABASE_URL  Postgres to test against
 #                              (default postgres://postgres@127.0.0.1:5432/test)
+#   TESSERA_TEST_MOTO_URL      moto (AWS emulator) to test against (default: one
+#                              started by scripts/moto.sh on a free port, stopped
+#                              at exit)
 #   CARGO_TARGET_DIR           build directory (default /var/tmp/tessera-target,
 #                              shared between clones so rebuilds stay warm)
 set -euo pipefail
@@ -46,6 +49,18 @@ if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
   apt_install nginx
 fi
 export TESSERA_TEST_NGINX="${TESSERA_TEST_NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}"
+
+step "moto"
+# Local AWS emulator for the AWS tests (tests/it/aws.rs). Unless one is
+# given, this run starts its own on a free port (so concurrent runs do not
+# reset each other's) and stops it at exit.
+if [ -z "${TESSERA_TEST_MOTO_URL:-}" ]; then
+  port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+  export TESSERA_TEST_MOTO_URL="http://127.0.0.1:$port"
+  trap 'scripts/moto.sh stop' EXIT
+fi
+scripts/moto.sh >/dev/null
+echo "moto at $TESSERA_TEST_MOTO_URL"
 
 step "build"
 cargo build --locked --all-targets

@@ -31,6 +31,7 @@ struct Raw {
     policy: RawPolicy,
     oauth: RawOAuth,
     audit: RawAudit,
+    aws: RawAws,
     /// Checked item by item in [`trusted::parse`], so errors name the entry.
     trusted_issuers: Vec<Value>,
 }
@@ -168,6 +169,100 @@ impl Default for RawAudit {
     }
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+struct RawAws {
+    region: String,
+    endpoint_url: String,
+    sts_timeout: String,
+    credential_reuse_margin: String,
+    lakeformation_sync_interval: String,
+}
+
+impl Default for RawAws {
+    fn default() -> Self {
+        Self {
+            region: "us-east-1".into(),
+            endpoint_url: String::new(),
+            sts_timeout: "3s".into(),
+            credential_reuse_margin: "5m".into(),
+            lakeformation_sync_interval: String::new(),
+        }
+    }
+}
+
+impl RawAws {
+    fn validate(&self) -> Result<AwsConfig, ConfigError> {
+        let region = self.region.trim();
+        if region.is_empty()
+            || !region
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(err(
+                "aws.region",
+                format!("{region:?} is not an AWS region like \"eu-west-1\""),
+            ));
+        }
+        let endpoint_url = match self.endpoint_url.trim() {
+            "" => None,
+            u => {
+                let parsed = url::Url::parse(u)
+                    .map_err(|e| err("aws.endpoint_url", format!("not a URL: {e}")))?;
+                if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+                    return Err(err("aws.endpoint_url", "must be an http(s) URL"));
+                }
+                Some(u.trim_end_matches('/').to_string())
+            }
+        };
+        let sts_timeout = duration("aws.sts_timeout", &self.sts_timeout)?;
+        if sts_timeout > Duration::from_secs(60) {
+            return Err(err(
+                "aws.sts_timeout",
+                "must be at most 60s: a token request waits on it",
+            ));
+        }
+        let credential_reuse_margin = match self.credential_reuse_margin.trim() {
+            "" => None,
+            m => {
+                let d = humantime::parse_duration(m).map_err(|e| {
+                    err(
+                        "aws.credential_reuse_margin",
+                        format!("{m:?} is not a duration like \"5m\": {e}"),
+                    )
+                })?;
+                if d > Duration::from_secs(12 * 3600) {
+                    return Err(err(
+                        "aws.credential_reuse_margin",
+                        "must be at most 12h (the longest AWS session)",
+                    ));
+                }
+                (!d.is_zero()).then_some(d)
+            }
+        };
+        let lakeformation_sync_interval = match self.lakeformation_sync_interval.trim() {
+            "" => None,
+            i => {
+                let d = duration("aws.lakeformation_sync_interval", i)?;
+                if d < Duration::from_secs(10) {
+                    return Err(err(
+                        "aws.lakeformation_sync_interval",
+                        "must be at least 10s",
+                    ));
+                }
+                Some(d)
+            }
+        };
+        Ok(AwsConfig {
+            region: region.to_string(),
+            endpoint_url,
+            sts_timeout,
+            credential_reuse_margin,
+            lakeformation_sync_interval,
+        })
+    }
+}
+
 /// Checked configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -178,6 +273,7 @@ pub struct Config {
     pub policy: PolicyConfig,
     pub oauth: OAuthConfig,
     pub audit: AuditConfig,
+    pub aws: AwsConfig,
     /// Upstream issuers whose tokens Tessera accepts (company IdP,
     /// Kubernetes clusters).
     pub trusted_issuers: Vec<TrustedIssuerConfig>,
@@ -256,6 +352,25 @@ pub struct OAuthConfig {
 pub struct AuditConfig {
     /// Most records written in one transaction.
     pub batch_max: usize,
+}
+
+/// `[aws]`: federated AWS credentials (DESIGN.md §5). Credentials of
+/// Tessera itself come from the AWS SDK's default chain, never from here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwsConfig {
+    pub region: String,
+    /// `None`: real AWS. Set for a local emulator (moto) in tests.
+    pub endpoint_url: Option<String>,
+    /// Bound on one STS (or Lake Formation) call, its one retry included.
+    pub sts_timeout: Duration,
+    /// Issued credentials are handed out again (to the same user, client,
+    /// dataset, purpose and permission) while they stay valid for at least
+    /// this long. `None` (`"0s"` or `""`): never reused, every exchange
+    /// calls STS; a zero margin would hand out credentials about to expire.
+    pub credential_reuse_margin: Option<Duration>,
+    /// How often Lake Formation grants are brought in step with the
+    /// registry; `None` (`""`): only on demand.
+    pub lakeformation_sync_interval: Option<Duration>,
 }
 
 /// A configuration problem, always naming the key.
@@ -547,6 +662,7 @@ impl Raw {
             audit: AuditConfig {
                 batch_max: positive("audit.batch_max", self.audit.batch_max)?.min(1000),
             },
+            aws: self.aws.validate()?,
             trusted_issuers: trusted::parse(&self.trusted_issuers)?,
         })
     }
@@ -667,6 +783,54 @@ mod tests {
         ];
         for (file, key) in cases {
             let e = load(&file, &[]).unwrap_err();
+            assert_eq!(e.key, key, "{file}: {e}");
+        }
+    }
+
+    #[test]
+    fn aws_section() {
+        let c = load("", &[]).unwrap();
+        assert_eq!(c.aws.region, "us-east-1");
+        assert_eq!(c.aws.endpoint_url, None);
+        assert_eq!(c.aws.sts_timeout, Duration::from_secs(3));
+        assert_eq!(
+            c.aws.credential_reuse_margin,
+            Some(Duration::from_secs(300))
+        );
+        assert_eq!(c.aws.lakeformation_sync_interval, None);
+        let c = load(
+            "[aws]\nregion = \"eu-west-1\"\ncredential_reuse_margin = \"0s\"",
+            &[
+                ("TESSERA_AWS_ENDPOINT_URL", "http://127.0.0.1:5005/"),
+                ("TESSERA_AWS_LAKEFORMATION_SYNC_INTERVAL", "10m"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.aws.region, "eu-west-1");
+        assert_eq!(c.aws.endpoint_url.as_deref(), Some("http://127.0.0.1:5005"));
+        assert_eq!(c.aws.credential_reuse_margin, None);
+        assert_eq!(
+            c.aws.lakeformation_sync_interval,
+            Some(Duration::from_secs(600))
+        );
+        let c = load("[aws]\ncredential_reuse_margin = \"\"", &[]).unwrap();
+        assert_eq!(c.aws.credential_reuse_margin, None);
+        for (file, key) in [
+            ("[aws]\nregion = \"EU West\"", "aws.region"),
+            ("[aws]\nendpoint_url = \"ftp://x\"", "aws.endpoint_url"),
+            ("[aws]\nsts_timeout = \"0s\"", "aws.sts_timeout"),
+            ("[aws]\nsts_timeout = \"5m\"", "aws.sts_timeout"),
+            (
+                "[aws]\ncredential_reuse_margin = \"soon\"",
+                "aws.credential_reuse_margin",
+            ),
+            (
+                "[aws]\nlakeformation_sync_interval = \"1s\"",
+                "aws.lakeformation_sync_interval",
+            ),
+            ("[aws]\nsecret_access_key = \"x\"", "aws.secret_access_key"),
+        ] {
+            let e = load(file, &[]).unwrap_err();
             assert_eq!(e.key, key, "{file}: {e}");
         }
     }
