@@ -33,6 +33,12 @@ pub struct App {
     pub revocations: Arc<Revocations>,
     /// The route policy snapshot, hot-reloaded.
     pub policy: Arc<PolicyHandle>,
+    /// STS, for federated credentials.
+    pub broker: Arc<dyn crate::aws::CredentialBroker>,
+    /// Still-fresh AWS credentials per binding (`aws.credential_reuse_margin`).
+    pub credentials: crate::oauth::grants::aws_credentials::CredentialCache,
+    /// Datasets and grants, in memory, reloaded when the registry changes.
+    pub data: crate::data::DataCache,
     /// Upstream issuers (company IdP, Kubernetes clusters) and their keys.
     pub trusted: Arc<TrustedIssuers>,
     /// Batched, hash-chained audit writer.
@@ -53,6 +59,8 @@ impl App {
         let clients = Arc::new(ClientCache::load(store.clone()).await?);
         let revocations = Arc::new(Revocations::load(store.clone(), clock.now()).await?);
         let audit = AuditLog::spawn(store.clone(), config.audit.batch_max);
+        let data = crate::data::DataCache::new(store.clone());
+        let broker = Arc::new(crate::aws::AwsBroker::new(&config.aws).await);
         let trusted = Arc::new(TrustedIssuers::load(
             &config.trusted_issuers,
             config.server.max_token_bytes,
@@ -67,6 +75,9 @@ impl App {
             issuers,
             revocations,
             policy,
+            data,
+            broker,
+            credentials: Default::default(),
             trusted,
             audit,
             metrics: Metrics::default(),

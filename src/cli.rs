@@ -16,7 +16,7 @@ use crate::issuer::keys;
 use crate::issuer::{IssuerKind, LEEWAY};
 use crate::jose::JwkSet;
 use crate::registry::{self, NewClient};
-use crate::store::{Client, Store};
+use crate::store::{Client, Grantee, Permission, Store};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -50,6 +50,118 @@ pub enum Command {
     /// Manage which clients may act for users (RFC 8693 token exchange).
     #[command(subcommand)]
     Delegation(DelegationCommand),
+    /// Manage datasets (data reached through a cloud role).
+    #[command(subcommand)]
+    Dataset(DatasetCommand),
+    /// Manage who may use which dataset.
+    #[command(subcommand)]
+    Grant(GrantCommand),
+    /// AWS helpers.
+    #[command(subcommand)]
+    Aws(AwsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AwsCommand {
+    /// Exchange a person's token for dataset credentials and print them as
+    /// AWS `credential_process` JSON (use it from an AWS profile).
+    CredentialProcess {
+        #[arg(long)]
+        dataset: String,
+        #[arg(long)]
+        purpose: String,
+        /// read or write.
+        #[arg(long, default_value = "read", value_parser = parse_permission)]
+        permission: Permission,
+        /// File holding the person's token (default: $TESSERA_SUBJECT_TOKEN).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// Type of that token: id_token, access_token or jwt.
+        #[arg(long, default_value = "id_token")]
+        token_type: String,
+        /// Tessera's base URL (default: server.public_url).
+        #[arg(long, env = "TESSERA_URL")]
+        url: Option<String>,
+        /// The data product's client id; its secret comes from $TESSERA_CLIENT_SECRET.
+        #[arg(long, env = "TESSERA_CLIENT_ID")]
+        client_id: String,
+    },
+}
+
+/// The fields of `dataset create` and `dataset update`.
+#[derive(Debug, clap::Args)]
+pub struct DatasetArgs {
+    /// Dataset id, e.g. sales.orders.
+    id: String,
+    #[arg(long)]
+    tenant: String,
+    /// IAM role assumed for this dataset's credentials.
+    #[arg(long)]
+    role_arn: String,
+    #[arg(long)]
+    glue_database: String,
+    /// The Glue table (or use --lf-tags).
+    #[arg(long, required_unless_present = "lf_tags", conflicts_with = "lf_tags")]
+    glue_table: Option<String>,
+    /// LF-Tag expression as JSON: [{"key": "domain", "values": ["sales"]}].
+    #[arg(long)]
+    lf_tags: Option<String>,
+    /// S3 location prefix, s3://bucket/path/.
+    #[arg(long)]
+    s3_prefix: String,
+    /// Allowed permission: read or write (repeatable).
+    #[arg(long = "permission", required = true, value_parser = parse_permission)]
+    permissions: Vec<Permission>,
+    /// Allowed purpose (repeatable).
+    #[arg(long = "purpose")]
+    purposes: Vec<String>,
+    /// Longest credential lifetime, 15m to 12h.
+    #[arg(long, default_value = "1h")]
+    max_duration: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DatasetCommand {
+    Create(DatasetArgs),
+    List,
+    Show { id: String },
+    /// Replace a dataset's fields.
+    Update(DatasetArgs),
+    /// Delete a dataset and its grants.
+    Delete { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GrantCommand {
+    /// Let a user, a group or a whole tenant use a dataset.
+    Add {
+        #[arg(long)]
+        dataset: String,
+        /// Exactly one of --user, --group, --tenant.
+        #[arg(long, group = "grantee")]
+        user: Option<String>,
+        #[arg(long, group = "grantee")]
+        group: Option<String>,
+        #[arg(long, group = "grantee")]
+        tenant: Option<String>,
+        #[arg(long, value_parser = parse_permission)]
+        permission: Permission,
+        /// Purpose the grant is for (repeatable; none: any the dataset allows).
+        #[arg(long = "purpose")]
+        purposes: Vec<String>,
+        /// How long the grant lasts, e.g. 30d (default: until revoked).
+        #[arg(long)]
+        expires_in: Option<String>,
+    },
+    List {
+        #[arg(long)]
+        dataset: Option<String>,
+    },
+    Revoke { id: String },
+}
+
+fn parse_permission(s: &str) -> Result<Permission, String> {
+    Permission::parse(s).ok_or_else(|| format!("{s:?} is not read or write"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -59,7 +171,7 @@ pub enum DelegationCommand {
         #[arg(long)]
         client: String,
         /// Audience the delegated tokens may be for (repeatable).
-        #[arg(long = "audience", required = true)]
+        #[arg(long = "audience", required_unless_present = "datasets")]
         audiences: Vec<String>,
         /// Scope the delegated tokens may carry, if the user holds it (repeatable).
         #[arg(long = "scope")]
@@ -67,6 +179,12 @@ pub enum DelegationCommand {
         /// Another client whose actor_token this client may present (repeatable).
         #[arg(long = "actor")]
         actors: Vec<String>,
+        /// Dataset the client may reach for users (repeatable).
+        #[arg(long = "dataset")]
+        datasets: Vec<String>,
+        /// Permission on those datasets: read or write (repeatable).
+        #[arg(long = "permission", value_parser = parse_permission)]
+        permissions: Vec<Permission>,
         /// How long the delegation lasts, e.g. 90d (default: until revoked).
         #[arg(long)]
         expires_in: Option<String>,
@@ -219,6 +337,46 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Delegation(cmd) => {
             let store = connect(&config).await?;
             delegation(store.as_ref(), clock.as_ref(), cmd).await
+        }
+        Command::Dataset(cmd) => {
+            let store = connect(&config).await?;
+            dataset(store.as_ref(), clock.now(), cmd).await
+        }
+        Command::Grant(cmd) => {
+            let store = connect(&config).await?;
+            grant(store.as_ref(), clock.now(), cmd).await
+        }
+        Command::Aws(AwsCommand::CredentialProcess {
+            dataset,
+            purpose,
+            permission,
+            token_file,
+            token_type,
+            url,
+            client_id,
+        }) => {
+            let token = match token_file {
+                Some(path) => std::fs::read_to_string(&path)
+                    .with_context(|| format!("cannot read {}", path.display()))?,
+                None => std::env::var("TESSERA_SUBJECT_TOKEN").context(
+                    "no token: pass --token-file or set TESSERA_SUBJECT_TOKEN",
+                )?,
+            };
+            let secret = std::env::var("TESSERA_CLIENT_SECRET")
+                .context("set TESSERA_CLIENT_SECRET to the data product's client secret")?;
+            let base = url.unwrap_or_else(|| config.server.public_url.clone());
+            let out = credential_process(
+                &base,
+                (&client_id, &secret),
+                token.trim(),
+                &token_type,
+                &dataset,
+                permission,
+                &purpose,
+            )
+            .await?;
+            println!("{out}");
+            Ok(0)
         }
         Command::Audit(AuditCommand::Verify) => {
             let store = connect(&config).await?;
@@ -406,6 +564,8 @@ async fn delegation(
             audiences,
             scopes,
             actors,
+            datasets,
+            permissions,
             expires_in,
         } => {
             let expires_at = expires_in
@@ -416,6 +576,8 @@ async fn delegation(
                 audiences,
                 scopes,
                 actors,
+                datasets,
+                permissions,
                 expires_at,
             };
             let d = registry::add_delegation(store, new, now).await?;
@@ -434,6 +596,164 @@ async fn delegation(
         }
     }
     Ok(0)
+}
+
+fn new_dataset(a: DatasetArgs) -> anyhow::Result<registry::NewDataset> {
+    let lf_tag_expression = a
+        .lf_tags
+        .map(|t| serde_json::from_str(&t).context("--lf-tags is not JSON"))
+        .transpose()?;
+    Ok(registry::NewDataset {
+        id: a.id,
+        tenant: a.tenant,
+        role_arn: a.role_arn,
+        glue_database: a.glue_database,
+        glue_table: a.glue_table,
+        lf_tag_expression,
+        s3_prefix: a.s3_prefix,
+        permissions: a.permissions,
+        purposes: a.purposes,
+        max_duration_secs: parse_duration("--max-duration", &a.max_duration)?.as_secs() as i64,
+    })
+}
+
+async fn dataset(store: &dyn Store, now: i64, cmd: DatasetCommand) -> anyhow::Result<i32> {
+    match cmd {
+        DatasetCommand::Create(a) => {
+            let d = registry::create_dataset(store, new_dataset(a)?, now).await?;
+            print(serde_json::to_value(d)?);
+        }
+        DatasetCommand::Update(a) => {
+            let d = registry::update_dataset(store, new_dataset(a)?, now).await?;
+            print(serde_json::to_value(d)?);
+        }
+        DatasetCommand::List => print(serde_json::to_value(store.list_datasets().await?)?),
+        DatasetCommand::Show { id } => match store.get_dataset(&id).await? {
+            Some(d) => {
+                let mut out = serde_json::to_value(d)?;
+                out["grants"] = serde_json::to_value(store.grants(Some(&id)).await?)?;
+                print(out);
+            }
+            None => bail!("no dataset {id:?}"),
+        },
+        DatasetCommand::Delete { id } => {
+            if !store.delete_dataset(&id).await? {
+                bail!("no dataset {id:?}");
+            }
+            print(json!({"id": id, "deleted": true}));
+        }
+    }
+    Ok(0)
+}
+
+async fn grant(store: &dyn Store, now: i64, cmd: GrantCommand) -> anyhow::Result<i32> {
+    match cmd {
+        GrantCommand::Add {
+            dataset,
+            user,
+            group,
+            tenant,
+            permission,
+            purposes,
+            expires_in,
+        } => {
+            let (grantee_type, grantee) = match (user, group, tenant) {
+                (Some(u), None, None) => (Grantee::User, u),
+                (None, Some(g), None) => (Grantee::Group, g),
+                (None, None, Some(t)) => (Grantee::Tenant, t),
+                _ => bail!("name exactly one of --user, --group, --tenant"),
+            };
+            let expires_at = expires_in
+                .map(|e| parse_duration("--expires-in", &e).map(|d| now + d.as_secs() as i64))
+                .transpose()?;
+            let g = registry::add_grant(
+                store,
+                registry::NewGrant {
+                    dataset_id: dataset,
+                    grantee_type,
+                    grantee,
+                    permission,
+                    purposes,
+                    expires_at,
+                },
+                now,
+            )
+            .await?;
+            print(serde_json::to_value(g)?);
+        }
+        GrantCommand::List { dataset } => {
+            print(serde_json::to_value(store.grants(dataset.as_deref()).await?)?)
+        }
+        GrantCommand::Revoke { id } => {
+            if !store.remove_grant(&id).await? {
+                bail!("no grant {id:?}");
+            }
+            print(json!({"id": id, "revoked": true}));
+        }
+    }
+    Ok(0)
+}
+
+/// One token exchange for dataset credentials, answered in the shape the
+/// AWS CLI and SDKs expect from a `credential_process` (Version 1).
+async fn credential_process(
+    base: &str,
+    (client_id, secret): (&str, &str),
+    token: &str,
+    token_type: &str,
+    dataset: &str,
+    permission: Permission,
+    purpose: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let subject_type = format!("urn:ietf:params:oauth:token-type:{token_type}");
+    let resource = format!("{}{dataset}", crate::oauth::grants::aws_credentials::DATASET_URN);
+    let form = [
+        ("grant_type", crate::oauth::grants::token_exchange::GRANT_TYPE),
+        ("subject_token", token),
+        ("subject_token_type", &subject_type),
+        (
+            "requested_token_type",
+            crate::oauth::grants::aws_credentials::AWS_CREDENTIALS,
+        ),
+        ("resource", &resource),
+        ("scope", permission.as_str()),
+        ("purpose", purpose),
+    ];
+    let body = serde_urlencoded::to_string(form)?;
+    let resp = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()?
+        .post(format!("{}/oauth2/token", base.trim_end_matches('/')))
+        .basic_auth(client_id, Some(secret))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {base}"))?;
+    let status = resp.status();
+    let answer: serde_json::Value = serde_json::from_str(&resp.text().await?)
+        .with_context(|| format!("Tessera answered {status} without JSON"))?;
+    if !status.is_success() {
+        bail!(
+            "Tessera refused ({status}): {} {} {}",
+            answer["error"].as_str().unwrap_or("?"),
+            answer["reason"].as_str().unwrap_or(""),
+            answer["error_description"].as_str().unwrap_or("")
+        );
+    }
+    let field = |name: &str| {
+        answer[name]
+            .as_str()
+            .map(str::to_string)
+            .with_context(|| format!("the answer has no {name}"))
+    };
+    Ok(json!({
+        "Version": 1,
+        "AccessKeyId": field("access_key_id")?,
+        "SecretAccessKey": field("secret_access_key")?,
+        "SessionToken": field("session_token")?,
+        "Expiration": field("expiration")?,
+    }))
 }
 
 async fn set_disabled(

@@ -6,9 +6,11 @@
 
 pub mod app;
 pub mod audit;
+pub mod aws;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod data;
 pub mod ext_authz;
 pub mod http;
 pub mod issuer;

@@ -7,7 +7,10 @@ use crate::config::Config;
 use crate::jose::{JwkSet, VerifyingKey};
 use crate::oauth::grants::parse_scope;
 use crate::oauth::secret;
-use crate::store::{Client, ClientStore, Delegation, SecretDigest, WorkloadBinding};
+use crate::store::{
+    Client, ClientStore, DataStore, Dataset, DatasetGrant, Delegation, Grantee, Permission,
+    SecretDigest, Store, WorkloadBinding,
+};
 
 /// What an operator asks for.
 #[derive(Debug, Clone, Default)]
@@ -127,19 +130,35 @@ pub struct NewDelegation {
     pub audiences: Vec<String>,
     pub scopes: Vec<String>,
     pub actors: Vec<String>,
+    /// Datasets the client may reach for users (token exchange for cloud
+    /// credentials, `/data/*` routes), with `permissions`.
+    pub datasets: Vec<String>,
+    pub permissions: Vec<Permission>,
     pub expires_at: Option<i64>,
 }
 
 /// Lets a client exchange users' tokens for the given audiences and scopes.
 pub async fn add_delegation(
-    store: &dyn ClientStore,
+    store: &dyn Store,
     new: NewDelegation,
     now: i64,
 ) -> anyhow::Result<Delegation> {
     if store.get_client(&new.client_id).await?.is_none() {
         bail!("no client {:?}", new.client_id);
     }
-    let scopes = check_grantable(&new.audiences, &new.scopes)?;
+    let scopes = if new.datasets.is_empty() || !new.audiences.is_empty() {
+        check_grantable(&new.audiences, &new.scopes)?
+    } else {
+        Vec::new()
+    };
+    for id in &new.datasets {
+        if store.get_dataset(id).await?.is_none() {
+            bail!("no dataset {id:?}");
+        }
+    }
+    if !new.datasets.is_empty() && new.permissions.is_empty() {
+        bail!("name the permissions (read, write) the client may use on the datasets");
+    }
     for actor in &new.actors {
         if store.get_client(actor).await?.is_none() {
             bail!("no client {actor:?} (--actor)");
@@ -154,6 +173,8 @@ pub async fn add_delegation(
         audiences: new.audiences,
         scopes,
         actors: new.actors,
+        datasets: new.datasets,
+        permissions: new.permissions,
         created_at: now,
         expires_at: new.expires_at,
     };
@@ -203,4 +224,191 @@ pub fn workload_issuer(config: &Config, issuer: &str) -> anyhow::Result<String> 
         );
     }
     Ok(found.issuer.clone())
+}
+
+/// What an operator asks for with `tessera dataset create` (and `update`,
+/// which replaces the same fields).
+#[derive(Debug, Clone, Default)]
+pub struct NewDataset {
+    pub id: String,
+    pub tenant: String,
+    pub role_arn: String,
+    pub glue_database: String,
+    pub glue_table: Option<String>,
+    pub lf_tag_expression: Option<serde_json::Value>,
+    pub s3_prefix: String,
+    pub permissions: Vec<Permission>,
+    pub purposes: Vec<String>,
+    pub max_duration_secs: i64,
+}
+
+/// STS's own bounds for `DurationSeconds`.
+pub const MIN_CREDENTIAL_SECS: i64 = 900;
+pub const MAX_CREDENTIAL_SECS: i64 = 43_200;
+
+fn check_dataset(new: &NewDataset) -> anyhow::Result<()> {
+    let id_ok = !new.id.is_empty()
+        && new.id.len() <= 128
+        && new
+            .id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if !id_ok {
+        bail!("dataset id must be 1 to 128 letters, digits, '.', '_' or '-'");
+    }
+    check_label("tenant", &new.tenant)?;
+    let role_ok = new.role_arn.starts_with("arn:aws")
+        && new.role_arn.split(':').nth(2) == Some("iam")
+        && new
+            .role_arn
+            .split(':')
+            .nth(4)
+            .is_some_and(|a| a.len() == 12 && a.bytes().all(|b| b.is_ascii_digit()))
+        && new
+            .role_arn
+            .split(':')
+            .nth(5)
+            .is_some_and(|r| r.starts_with("role/") && r.len() > 5);
+    if !role_ok {
+        bail!("role ARN must look like arn:aws:iam::123456789012:role/NAME");
+    }
+    check_label("Glue database", &new.glue_database)?;
+    match (&new.glue_table, &new.lf_tag_expression) {
+        (Some(t), None) => check_label("Glue table", t)?,
+        (None, Some(serde_json::Value::Array(terms))) if !terms.is_empty() => {
+            for term in terms {
+                let key_ok = term.get("key").and_then(|k| k.as_str()).is_some_and(|k| !k.is_empty());
+                let values_ok = term
+                    .get("values")
+                    .and_then(|v| v.as_array())
+                    .is_some_and(|v| !v.is_empty() && v.iter().all(|x| x.is_string()));
+                if !key_ok || !values_ok {
+                    bail!("an LF-Tag expression is a list of {{\"key\": …, \"values\": […]}}");
+                }
+            }
+        }
+        (None, Some(_)) => {
+            bail!("an LF-Tag expression is a non-empty list of {{\"key\": …, \"values\": […]}}")
+        }
+        _ => bail!("name either a Glue table or an LF-Tag expression"),
+    }
+    let prefix_ok = new
+        .s3_prefix
+        .strip_prefix("s3://")
+        .and_then(|rest| rest.split_once('/'))
+        .is_some_and(|(bucket, _)| !bucket.is_empty())
+        && new.s3_prefix.ends_with('/')
+        && !new.s3_prefix.contains('*');
+    if !prefix_ok {
+        bail!("S3 prefix must look like s3://bucket/path/ (ending in /)");
+    }
+    if new.permissions.is_empty() {
+        bail!("at least one permission (read, write) is required");
+    }
+    for p in &new.purposes {
+        check_label("purpose", p)?;
+    }
+    if !(MIN_CREDENTIAL_SECS..=MAX_CREDENTIAL_SECS).contains(&new.max_duration_secs) {
+        bail!("the maximum credential lifetime must be between 15m and 12h");
+    }
+    Ok(())
+}
+
+fn dataset_of(new: NewDataset, created_at: i64, now: i64) -> Dataset {
+    let mut permissions = new.permissions;
+    permissions.sort();
+    permissions.dedup();
+    Dataset {
+        id: new.id,
+        tenant: new.tenant,
+        role_arn: new.role_arn,
+        glue_database: new.glue_database,
+        glue_table: new.glue_table,
+        lf_tag_expression: new.lf_tag_expression,
+        s3_prefix: new.s3_prefix,
+        permissions,
+        purposes: new.purposes,
+        max_duration_secs: new.max_duration_secs,
+        created_at,
+        updated_at: now,
+    }
+}
+
+pub async fn create_dataset(
+    store: &dyn DataStore,
+    new: NewDataset,
+    now: i64,
+) -> anyhow::Result<Dataset> {
+    check_dataset(&new)?;
+    if store.get_dataset(&new.id).await?.is_some() {
+        bail!("dataset {:?} already exists", new.id);
+    }
+    let d = dataset_of(new, now, now);
+    store.create_dataset(&d).await?;
+    Ok(d)
+}
+
+pub async fn update_dataset(
+    store: &dyn DataStore,
+    new: NewDataset,
+    now: i64,
+) -> anyhow::Result<Dataset> {
+    check_dataset(&new)?;
+    let Some(old) = store.get_dataset(&new.id).await? else {
+        bail!("no dataset {:?}", new.id);
+    };
+    let d = dataset_of(new, old.created_at, now);
+    store.update_dataset(&d).await?;
+    Ok(d)
+}
+
+/// What an operator asks for with `tessera grant add`.
+#[derive(Debug, Clone)]
+pub struct NewGrant {
+    pub dataset_id: String,
+    pub grantee_type: Grantee,
+    pub grantee: String,
+    pub permission: Permission,
+    pub purposes: Vec<String>,
+    pub expires_at: Option<i64>,
+}
+
+pub async fn add_grant(
+    store: &dyn DataStore,
+    new: NewGrant,
+    now: i64,
+) -> anyhow::Result<DatasetGrant> {
+    let Some(dataset) = store.get_dataset(&new.dataset_id).await? else {
+        bail!("no dataset {:?}", new.dataset_id);
+    };
+    check_label(new.grantee_type.as_str(), &new.grantee)?;
+    if !dataset.permissions.contains(&new.permission) {
+        bail!(
+            "dataset {:?} does not allow {}",
+            dataset.id,
+            new.permission.as_str()
+        );
+    }
+    if let Some(p) = new
+        .purposes
+        .iter()
+        .find(|p| !dataset.purposes.is_empty() && !dataset.purposes.contains(p))
+    {
+        bail!("dataset {:?} does not allow purpose {p:?}", dataset.id);
+    }
+    if new.expires_at.is_some_and(|e| e <= now) {
+        bail!("the expiry is in the past");
+    }
+    let g = DatasetGrant {
+        id: uuid::Uuid::new_v4().to_string(),
+        dataset_id: new.dataset_id,
+        grantee_type: new.grantee_type,
+        grantee: new.grantee,
+        permission: new.permission,
+        purposes: new.purposes,
+        expires_at: new.expires_at,
+        created_at: now,
+    };
+    store.add_grant(&g).await?;
+    Ok(g)
 }

@@ -88,6 +88,26 @@ pub struct AuditRecord {
     /// The trusted issuer (by name) a presented identity came from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_issuer: Option<String>,
+    /// Data access: the dataset, purpose and permission (`read`/`write`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permission: Option<String>,
+    /// Issued cloud credentials: the role, session name and source identity
+    /// they were assumed with, their `AccessKeyId` (to join with CloudTrail)
+    /// and expiry (Unix seconds). Never the secret parts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role_arn: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_identity: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_key_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_expiry: Option<i64>,
 }
 
 impl AuditRecord {
@@ -110,6 +130,14 @@ impl AuditRecord {
             peer: None,
             actor: None,
             upstream_issuer: None,
+            dataset: None,
+            purpose: None,
+            permission: None,
+            role_arn: None,
+            session_name: None,
+            source_identity: None,
+            access_key_id: None,
+            credential_expiry: None,
         }
     }
 }

@@ -110,6 +110,15 @@ fn clean_record(r: &mut AuditRecord) {
         &mut r.jti,
         &mut r.request_id,
         &mut r.peer,
+        &mut r.actor,
+        &mut r.upstream_issuer,
+        &mut r.dataset,
+        &mut r.purpose,
+        &mut r.permission,
+        &mut r.role_arn,
+        &mut r.session_name,
+        &mut r.source_identity,
+        &mut r.access_key_id,
     ]
     .into_iter()
     .flatten()

@@ -61,6 +61,7 @@ impl Authorization for AuthzService {
                 method: &http.method,
                 path: &http.path,
                 authorization: headers.get("authorization").map(String::as_str),
+                purpose: headers.get(super::PURPOSE_HEADER).map(String::as_str),
                 request_id,
                 peer,
             },

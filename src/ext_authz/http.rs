@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use super::{check, CheckRequest, CheckResponse};
+use super::{PURPOSE_HEADER, check, CheckRequest, CheckResponse};
 use crate::app::AppState;
 use crate::http::request_id;
 
@@ -45,6 +45,7 @@ pub async fn handle(
         method,
         path,
         authorization: header("authorization"),
+        purpose: header(PURPOSE_HEADER),
         request_id: request_id(&headers),
         peer: Some(forwarded.map_or_else(|| peer.to_string(), |f| format!("{f} via {peer}"))),
     };

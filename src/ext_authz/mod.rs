@@ -13,7 +13,10 @@ use serde_json::json;
 
 use crate::app::App;
 use crate::audit::{AuditRecord, Decision, Event, RequestMeta};
-use crate::issuer::TokenError;
+use crate::data::{authorize, Actor, DataDenial, DataRequest};
+use crate::issuer::{TokenError, VerifiedToken};
+use crate::policy::Rule;
+use crate::store::Permission;
 use crate::oauth::describe_token;
 use crate::policy::{canonical_path, decide, AuditLevel, Denial};
 
@@ -24,6 +27,8 @@ pub struct CheckRequest<'a> {
     /// Path as received, possibly with a query.
     pub path: &'a str,
     pub authorization: Option<&'a str>,
+    /// The `x-purpose` request header (data routes).
+    pub purpose: Option<&'a str>,
     pub request_id: Option<String>,
     pub peer: Option<String>,
 }
@@ -31,14 +36,88 @@ pub struct CheckRequest<'a> {
 /// Identity headers for the upstream on allow. Always all of them, so a
 /// client can never smuggle its own value through when the proxy is set
 /// to overwrite them.
-pub const UPSTREAM_HEADERS: [&str; 5] = [
+pub const UPSTREAM_HEADERS: [&str; 7] = [
     "x-tessera-subject",
     "x-tessera-principal",
     "x-tessera-tenant",
     "x-tessera-client-id",
     // The acting client of a delegated token (`act.sub`); empty otherwise.
     "x-tessera-actor",
+    // Data routes: the dataset and purpose allowed; empty otherwise.
+    "x-tessera-dataset",
+    "x-tessera-purpose",
 ];
+
+/// Request header in which a caller names the purpose of a data request.
+pub const PURPOSE_HEADER: &str = "x-purpose";
+
+/// What a data rule allowed.
+#[derive(Debug, Clone)]
+struct DataGrant {
+    dataset: String,
+    purpose: String,
+}
+
+/// The data part of a decision: the person's grants on the dataset the
+/// path names, and the acting client's delegation when a client acts.
+async fn check_data(
+    app: &App,
+    rule: &Rule,
+    method: &str,
+    path: &str,
+    purpose: Option<&str>,
+    token: &VerifiedToken,
+) -> Result<DataGrant, Result<Denial, ()>> {
+    let permission = rule.permission_for(method);
+    let Some(dataset) = rule.dataset_of(path) else {
+        return Err(Ok(Denial::Data(DataDenial::UnknownDataset)));
+    };
+    let purpose = purpose
+        .filter(|p| !p.is_empty())
+        .or(rule.purpose.as_deref());
+    let claims = &token.claims;
+    let now = app.clock.now();
+    let snapshot = app
+        .data
+        .snapshot(app.clients.version())
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "loading datasets failed");
+        })
+        .map_err(Err)?;
+    // A delegated token: the client it was issued to acts for the person.
+    let acting = match claims.act {
+        Some(_) => Some(
+            app.clients
+                .get(&claims.client_id, now)
+                .await
+                .map_err(|e| {
+                    tracing::error!(error = %e, "client lookup failed");
+                })
+                .map_err(Err)?,
+        ),
+        None => None,
+    };
+    let delegations = acting
+        .as_ref()
+        .map(|c| c.as_ref().map_or(&[][..], |c| &c.delegations[..]));
+    let actor = delegations.map(|d| Actor {
+        client_id: &claims.client_id,
+        delegations: d,
+    });
+    let request = DataRequest {
+        dataset,
+        permission,
+        purpose,
+    };
+    match authorize(&snapshot, claims, actor, request, now) {
+        Ok((d, purpose)) => Ok(DataGrant {
+            dataset: d.id.clone(),
+            purpose,
+        }),
+        Err(d) => Err(Ok(Denial::Data(d))),
+    }
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum CheckResponse {
@@ -94,12 +173,14 @@ pub async fn check(app: &App, req: CheckRequest<'_>) -> CheckResponse {
     let path = canonical_path(req.path);
     let rule = path.as_ref().ok().and_then(|p| policy.route(&method, p));
     // The token, once verified, is kept for the audit record even when the
-    // rule then refuses it.
+    // rule then refuses it; so is what a data rule was asked.
     let mut token = None;
+    let mut data: Option<DataGrant> = None;
+    let mut data_asked: Option<(String, Permission)> = None;
     let outcome = match (path, rule) {
         (Err(d), _) => Err(d),
         (Ok(_), None) => Err(Denial::NoRoute),
-        (Ok(_), Some(rule)) => match bearer(req.authorization) {
+        (Ok(canonical), Some(rule)) => match bearer(req.authorization) {
             Ok(None) => Err(Denial::MissingCredential),
             Err(()) => Err(Denial::InvalidCredential(
                 crate::jose::JwsError::Malformed.into(),
@@ -111,7 +192,24 @@ pub async fn check(app: &App, req: CheckRequest<'_>) -> CheckResponse {
                 Err(e) => Err(Denial::InvalidCredential(e)),
                 Ok(verified) => {
                     let verified = token.insert(verified);
-                    decide(rule, verified).map(|()| verified.clone())
+                    match decide(rule, verified) {
+                        Ok(()) if rule.data => {
+                            if let Some(d) = rule.dataset_of(canonical) {
+                                data_asked = Some((d.to_string(), rule.permission_for(&method)));
+                            }
+                            match check_data(app, rule, &method, canonical, req.purpose, verified)
+                                .await
+                            {
+                                Ok(grant) => {
+                                    data = Some(grant);
+                                    Ok(verified.clone())
+                                }
+                                Err(Ok(denial)) => Err(denial),
+                                Err(Err(())) => return unavailable(),
+                            }
+                        }
+                        other => other.map(|()| verified.clone()),
+                    }
                 }
             },
         },
@@ -125,6 +223,14 @@ pub async fn check(app: &App, req: CheckRequest<'_>) -> CheckResponse {
         if let Some(t) = &token {
             describe_token(&mut rec, &t.claims);
             rec.upstream_issuer = t.upstream.as_ref().map(|u| u.name.clone());
+        }
+        if let Some((dataset, permission)) = &data_asked {
+            rec.dataset = Some(dataset.clone());
+            rec.permission = Some(permission.as_str().into());
+            rec.purpose = data
+                .as_ref()
+                .map(|g| g.purpose.clone())
+                .or_else(|| req.purpose.map(str::to_string));
         }
         let route = format!("{method} {}", req.path.split('?').next().unwrap_or(""));
         let meta = RequestMeta {
@@ -159,6 +265,8 @@ pub async fn check(app: &App, req: CheckRequest<'_>) -> CheckResponse {
                     c.tenant.as_str(),
                     c.client_id.as_str(),
                     crate::oauth::actor(c).unwrap_or(""),
+                    data.as_ref().map_or("", |g| g.dataset.as_str()),
+                    data.as_ref().map_or("", |g| g.purpose.as_str()),
                 ])
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect();

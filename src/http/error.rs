@@ -15,11 +15,12 @@ impl IntoResponse for OAuthError {
             tracing::error!(error = ?e, "internal error answering an OAuth request");
         }
         let status = StatusCode::from_u16(self.status()).unwrap_or(StatusCode::BAD_REQUEST);
-        let mut resp = (
-            status,
-            Json(json!({"error": self.code(), "error_description": rfc6749_text(&self.description())})),
-        )
-            .into_response();
+        let mut body =
+            json!({"error": self.code(), "error_description": rfc6749_text(&self.description())});
+        if let Some(reason) = self.reason() {
+            body["reason"] = reason.into();
+        }
+        let mut resp = (status, Json(body)).into_response();
         let h = resp.headers_mut();
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
@@ -30,7 +31,13 @@ impl IntoResponse for OAuthError {
             );
         }
         if status == StatusCode::SERVICE_UNAVAILABLE {
-            h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            // A throttled or unreachable cloud needs longer than a busy store.
+            let after = if matches!(self, OAuthError::CloudUnavailable(..)) {
+                "5"
+            } else {
+                "1"
+            };
+            h.insert(header::RETRY_AFTER, HeaderValue::from_static(after));
         }
         resp
     }

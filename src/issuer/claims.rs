@@ -42,6 +42,10 @@ pub struct AccessClaims {
     pub principal: Principal,
     #[serde(default)]
     pub tenant: String,
+    /// A person's groups, carried from the IdP so that group grants on
+    /// datasets apply to delegated tokens too; omitted when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub act: Option<serde_json::Value>,
 }

@@ -130,6 +130,11 @@ impl ClientCache {
         Ok(found)
     }
 
+    /// The registry version this replica last saw.
+    pub fn version(&self) -> i64 {
+        self.version.load(Ordering::Acquire)
+    }
+
     /// One poll: drop everything when the registry changed.
     pub async fn sync(&self) -> anyhow::Result<()> {
         let version = self.store.registry_version().await?;

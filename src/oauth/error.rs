@@ -30,6 +30,18 @@ pub enum OAuthError {
     PayloadTooLarge,
     #[error("temporarily_unavailable: {0}")]
     TemporarilyUnavailable(Text),
+    /// A data request refused by the registry (dataset, grant, purpose,
+    /// delegation); the body carries the denial's `reason`.
+    #[error("{}: {}", data_code(*.0), .0.description())]
+    DataRefused(crate::data::DataDenial),
+    /// Refused by the cloud (STS `AccessDenied` and the like): 403
+    /// `invalid_target` with a `reason`.
+    #[error("invalid_target: {1}")]
+    CloudDenied(&'static str, Text),
+    /// The cloud is throttling, slow or unreachable: 503, and unlike
+    /// [`OAuthError::TemporarilyUnavailable`] the refusal is audited.
+    #[error("temporarily_unavailable: {1}")]
+    CloudUnavailable(&'static str, Text),
     #[error("server_error")]
     Internal(#[from] anyhow::Error),
 }
@@ -45,7 +57,19 @@ impl OAuthError {
             OAuthError::InvalidScope(_) => "invalid_scope",
             OAuthError::InvalidTarget(_) => "invalid_target",
             OAuthError::TemporarilyUnavailable(_) => "temporarily_unavailable",
+            OAuthError::DataRefused(d) => data_code(*d),
+            OAuthError::CloudDenied(..) => "invalid_target",
+            OAuthError::CloudUnavailable(..) => "temporarily_unavailable",
             OAuthError::Internal(_) => "server_error",
+        }
+    }
+
+    /// A stable machine-readable cause, added to the body as `reason`.
+    pub fn reason(&self) -> Option<&'static str> {
+        match self {
+            OAuthError::DataRefused(d) => Some(d.code()),
+            OAuthError::CloudDenied(r, _) | OAuthError::CloudUnavailable(r, _) => Some(r),
+            _ => None,
         }
     }
 
@@ -53,7 +77,8 @@ impl OAuthError {
         match self {
             OAuthError::InvalidClient(_) => 401,
             OAuthError::PayloadTooLarge => 413,
-            OAuthError::TemporarilyUnavailable(_) => 503,
+            OAuthError::TemporarilyUnavailable(_) | OAuthError::CloudUnavailable(..) => 503,
+            OAuthError::CloudDenied(..) => 403,
             OAuthError::Internal(_) => 500,
             _ => 400,
         }
@@ -68,7 +93,10 @@ impl OAuthError {
             | OAuthError::UnsupportedGrantType(d)
             | OAuthError::InvalidScope(d)
             | OAuthError::InvalidTarget(d)
-            | OAuthError::TemporarilyUnavailable(d) => Cow::Borrowed(d.as_ref()),
+            | OAuthError::TemporarilyUnavailable(d)
+            | OAuthError::CloudDenied(_, d)
+            | OAuthError::CloudUnavailable(_, d) => Cow::Borrowed(d.as_ref()),
+            OAuthError::DataRefused(d) => d.description().into(),
             OAuthError::PayloadTooLarge => "request body is too large".into(),
             OAuthError::Internal(_) => "internal error".into(),
         }
@@ -76,6 +104,19 @@ impl OAuthError {
 
     pub fn invalid_request(d: impl Into<Text>) -> Self {
         OAuthError::InvalidRequest(d.into())
+    }
+}
+
+/// The RFC error code of a data refusal: the permission is a scope, the
+/// purpose a request parameter, the dataset the target.
+fn data_code(d: crate::data::DataDenial) -> &'static str {
+    use crate::data::DataDenial::*;
+    match d {
+        PermissionNotAllowed | PermissionNotGranted => "invalid_scope",
+        PurposeRequired => "invalid_request",
+        NotAPerson => "invalid_grant",
+        UnknownDataset | PurposeNotAllowed | OtherTenant | NoGrant | PurposeNotGranted
+        | GrantExpired | NoDelegation => "invalid_target",
     }
 }
 

@@ -10,7 +10,9 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::data::DataDenial;
 use crate::issuer::{IssuerKind, Principal, TokenError, TokenIssuer, VerifiedToken};
+use crate::store::Permission;
 
 pub use watch::PolicyHandle;
 
@@ -101,6 +103,10 @@ struct RuleFile {
     #[serde(default)]
     delegation: DelegationRule,
     #[serde(default)]
+    data: bool,
+    permission: Option<Permission>,
+    purpose: Option<String>,
+    #[serde(default)]
     audit: AuditLevel,
 }
 
@@ -137,7 +143,35 @@ pub struct Rule {
     /// Trusted issuers (by name) whose tokens this rule accepts directly.
     pub trusted_issuers: Vec<String>,
     pub delegation: DelegationRule,
+    /// `/data/{dataset}/…`: the first path segment after the rule's prefix
+    /// names a dataset, and the person's grants decide (see [`crate::data`]).
+    pub data: bool,
+    /// Data rules: the permission asked; default read for GET/HEAD, write
+    /// otherwise.
+    pub permission: Option<Permission>,
+    /// Data rules: the purpose when the request names none.
+    pub purpose: Option<String>,
     pub audit: AuditLevel,
+}
+
+impl Rule {
+    /// The dataset a data rule's request is about: the first segment after
+    /// the rule's prefix.
+    pub fn dataset_of<'p>(&self, path: &'p str) -> Option<&'p str> {
+        let PathPattern::Prefix(prefix) = &self.path else {
+            return None;
+        };
+        let rest = path.strip_prefix(prefix.as_str())?;
+        Some(rest.split('/').next().unwrap_or("")).filter(|s| !s.is_empty())
+    }
+
+    /// The permission a data request asks for.
+    pub fn permission_for(&self, method: &str) -> Permission {
+        self.permission.unwrap_or(match method {
+            "GET" | "HEAD" | "OPTIONS" => Permission::Read,
+            _ => Permission::Write,
+        })
+    }
 }
 
 /// A parsed policy snapshot.
@@ -177,8 +211,15 @@ impl Policy {
                     "accept = [\"workload\"] needs trusted_issuers naming the issuers".into(),
                 ));
             }
+            let path = PathPattern::parse(&r.path).map_err(at)?;
+            if r.data && !matches!(path, PathPattern::Prefix(_)) {
+                return Err(at("a data rule's path is a prefix, as in /data/*".into()));
+            }
+            if !r.data && (r.permission.is_some() || r.purpose.is_some()) {
+                return Err(at("permission and purpose apply to data rules only".into()));
+            }
             rules.push(Rule {
-                path: PathPattern::parse(&r.path).map_err(at)?,
+                path,
                 name: r.name,
                 methods,
                 accept: r.accept,
@@ -188,7 +229,11 @@ impl Policy {
                 tenants: r.tenants,
                 trusted_issuers: r.trusted_issuers,
                 delegation: r.delegation,
-                audit: r.audit,
+                data: r.data,
+                permission: r.permission,
+                purpose: r.purpose,
+                // Every decision on data is audited.
+                audit: if r.data { AuditLevel::All } else { r.audit },
             });
         }
         let mut audience_ttl = BTreeMap::new();
@@ -245,6 +290,8 @@ pub enum Denial {
     IssuerNotAccepted,
     DelegationRequired,
     DelegationForbidden,
+    /// A data rule refused the dataset request.
+    Data(DataDenial),
 }
 
 impl Denial {
@@ -285,6 +332,7 @@ impl Denial {
             Denial::IssuerNotAccepted => "issuer_not_accepted",
             Denial::DelegationRequired => "delegation_required",
             Denial::DelegationForbidden => "delegation_forbidden",
+            Denial::Data(d) => d.code(),
         }
     }
 
@@ -314,6 +362,7 @@ impl Denial {
             Denial::DelegationForbidden => {
                 format!("rule {rule_name} does not accept delegated tokens")
             }
+            Denial::Data(d) => d.description().into(),
         }
     }
 }
@@ -435,6 +484,7 @@ mod tests {
                     Principal::Service
                 },
                 tenant: tenant.into(),
+                groups: Vec::new(),
                 act: None,
             },
         }

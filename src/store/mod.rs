@@ -45,8 +45,113 @@ pub struct Delegation {
     pub scopes: Vec<String>,
     /// Other clients whose `actor_token` this client may present.
     pub actors: Vec<String>,
+    /// Datasets the client may reach for users, and with which permissions.
+    #[serde(default)]
+    pub datasets: Vec<String>,
+    #[serde(default)]
+    pub permissions: Vec<Permission>,
     pub created_at: i64,
     pub expires_at: Option<i64>,
+}
+
+/// What a data request does to a dataset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Permission {
+    Read,
+    Write,
+}
+
+impl Permission {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Permission::Read => "read",
+            Permission::Write => "write",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "read" => Some(Permission::Read),
+            "write" => Some(Permission::Write),
+            _ => None,
+        }
+    }
+
+    /// Whether holding `self` allows `wanted`: write includes read.
+    pub fn covers(self, wanted: Permission) -> bool {
+        self == wanted || self == Permission::Write
+    }
+}
+
+/// A dataset: one Glue table (or LF-Tag expression) and its S3 location,
+/// reached through one IAM role.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Dataset {
+    /// e.g. `sales.orders`
+    pub id: String,
+    pub tenant: String,
+    pub role_arn: String,
+    pub glue_database: String,
+    pub glue_table: Option<String>,
+    /// `[{"key": …, "values": […]}]`, when the dataset is a tag expression.
+    pub lf_tag_expression: Option<serde_json::Value>,
+    /// `s3://bucket/prefix/`
+    pub s3_prefix: String,
+    pub permissions: Vec<Permission>,
+    /// Purposes data may be used for; a request must name one of them.
+    pub purposes: Vec<String>,
+    pub max_duration_secs: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// Who a grant is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Grantee {
+    User,
+    Group,
+    Tenant,
+}
+
+impl Grantee {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Grantee::User => "user",
+            Grantee::Group => "group",
+            Grantee::Tenant => "tenant",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "user" => Some(Grantee::User),
+            "group" => Some(Grantee::Group),
+            "tenant" => Some(Grantee::Tenant),
+            _ => None,
+        }
+    }
+}
+
+/// Permission for a user, a group or a whole tenant to use a dataset.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DatasetGrant {
+    pub id: String,
+    pub dataset_id: String,
+    pub grantee_type: Grantee,
+    pub grantee: String,
+    pub permission: Permission,
+    /// Empty: any purpose the dataset allows.
+    pub purposes: Vec<String>,
+    pub expires_at: Option<i64>,
+    pub created_at: i64,
+}
+
+impl DatasetGrant {
+    pub fn is_live(&self, now: i64) -> bool {
+        self.expires_at.is_none_or(|e| e > now)
+    }
 }
 
 impl Delegation {
@@ -130,6 +235,24 @@ pub trait ClientStore: Send + Sync {
     async fn workload_client(&self, issuer: &str, subject: &str) -> anyhow::Result<Option<String>>;
 }
 
+/// Datasets and their grants; every change bumps the registry version.
+#[async_trait]
+pub trait DataStore: Send + Sync {
+    /// Fails when the id is taken.
+    async fn create_dataset(&self, d: &Dataset) -> anyhow::Result<()>;
+    /// Replaces every field but `id` and `created_at`; false when absent.
+    async fn update_dataset(&self, d: &Dataset) -> anyhow::Result<bool>;
+    async fn get_dataset(&self, id: &str) -> anyhow::Result<Option<Dataset>>;
+    async fn list_datasets(&self) -> anyhow::Result<Vec<Dataset>>;
+    /// Deletes the dataset and its grants; false when absent.
+    async fn delete_dataset(&self, id: &str) -> anyhow::Result<bool>;
+    async fn add_grant(&self, g: &DatasetGrant) -> anyhow::Result<()>;
+    /// Every grant, or those of one dataset.
+    async fn grants(&self, dataset_id: Option<&str>) -> anyhow::Result<Vec<DatasetGrant>>;
+    /// False when absent.
+    async fn remove_grant(&self, id: &str) -> anyhow::Result<bool>;
+}
+
 #[async_trait]
 pub trait ReplayStore: Send + Sync {
     /// Records a `jti` for a client; a second use before `expires_at` is
@@ -165,7 +288,7 @@ pub trait AuditStore: Send + Sync {
 }
 
 #[async_trait]
-pub trait Store: ClientStore + ReplayStore + RevocationStore + AuditStore {
+pub trait Store: ClientStore + DataStore + ReplayStore + RevocationStore + AuditStore {
     async fn ping(&self) -> anyhow::Result<()>;
     /// Deletes expired assertion ids and revocations of expired tokens.
     async fn purge_expired(&self, now: i64) -> anyhow::Result<()>;

@@ -127,8 +127,45 @@ macro_rules! sql_store {
                     audiences: json_list(row.try_get("audiences")?)?,
                     scopes: json_list(row.try_get("scopes")?)?,
                     actors: json_list(row.try_get("actors")?)?,
+                    datasets: json_list(row.try_get("datasets")?)?,
+                    permissions: serde_json::from_str(row.try_get("permissions")?)?,
                     created_at: row.try_get("created_at")?,
                     expires_at: row.try_get("expires_at")?,
+                })
+            }
+
+            fn dataset_from_row(row: &$row) -> anyhow::Result<Dataset> {
+                let tags: Option<String> = row.try_get("lf_tag_expression")?;
+                Ok(Dataset {
+                    id: row.try_get("id")?,
+                    tenant: row.try_get("tenant")?,
+                    role_arn: row.try_get("role_arn")?,
+                    glue_database: row.try_get("glue_database")?,
+                    glue_table: row.try_get("glue_table")?,
+                    lf_tag_expression: tags.map(|t| serde_json::from_str(&t)).transpose()?,
+                    s3_prefix: row.try_get("s3_prefix")?,
+                    permissions: serde_json::from_str(row.try_get("permissions")?)?,
+                    purposes: json_list(row.try_get("purposes")?)?,
+                    max_duration_secs: row.try_get("max_duration_secs")?,
+                    created_at: row.try_get("created_at")?,
+                    updated_at: row.try_get("updated_at")?,
+                })
+            }
+
+            fn grant_from_row(row: &$row) -> anyhow::Result<DatasetGrant> {
+                let grantee_type: String = row.try_get("grantee_type")?;
+                let permission: String = row.try_get("permission")?;
+                Ok(DatasetGrant {
+                    id: row.try_get("id")?,
+                    dataset_id: row.try_get("dataset_id")?,
+                    grantee_type: Grantee::parse(&grantee_type)
+                        .ok_or_else(|| anyhow::anyhow!("unknown grantee type {grantee_type:?}"))?,
+                    grantee: row.try_get("grantee")?,
+                    permission: Permission::parse(&permission)
+                        .ok_or_else(|| anyhow::anyhow!("unknown permission {permission:?}"))?,
+                    purposes: json_list(row.try_get("purposes")?)?,
+                    expires_at: row.try_get("expires_at")?,
+                    created_at: row.try_get("created_at")?,
                 })
             }
 
@@ -162,6 +199,14 @@ macro_rules! sql_store {
                         peer: row.try_get("peer")?,
                         actor: row.try_get("actor")?,
                         upstream_issuer: row.try_get("upstream_issuer")?,
+                        dataset: row.try_get("dataset")?,
+                        purpose: row.try_get("purpose")?,
+                        permission: row.try_get("permission")?,
+                        role_arn: row.try_get("role_arn")?,
+                        session_name: row.try_get("session_name")?,
+                        source_identity: row.try_get("source_identity")?,
+                        access_key_id: row.try_get("access_key_id")?,
+                        credential_expiry: row.try_get("credential_expiry")?,
                     },
                     prev_hash: row.try_get("prev_hash")?,
                     hash: row.try_get("hash")?,
@@ -276,8 +321,8 @@ macro_rules! sql_store {
             async fn add_delegation(&self, d: &Delegation) -> anyhow::Result<()> {
                 let mut tx = self.pool.begin().await?;
                 sqlx::query(
-                    "INSERT INTO delegations (id, client_id, audiences, scopes, actors, created_at, expires_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    "INSERT INTO delegations (id, client_id, audiences, scopes, actors, created_at, expires_at, datasets, permissions) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
                 )
                 .bind(&d.id)
                 .bind(&d.client_id)
@@ -286,6 +331,8 @@ macro_rules! sql_store {
                 .bind(serde_json::to_string(&d.actors)?)
                 .bind(d.created_at)
                 .bind(d.expires_at)
+                .bind(serde_json::to_string(&d.datasets)?)
+                .bind(serde_json::to_string(&d.permissions)?)
                 .execute(&mut *tx)
                 .await?;
                 sqlx::query(BUMP_REGISTRY).execute(&mut *tx).await?;
@@ -358,6 +405,118 @@ macro_rules! sql_store {
         }
 
         #[async_trait]
+        impl DataStore for $store {
+            async fn create_dataset(&self, d: &Dataset) -> anyhow::Result<()> {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query(
+                    "INSERT INTO datasets (id, tenant, role_arn, glue_database, glue_table, lf_tag_expression, s3_prefix, \
+                     permissions, purposes, max_duration_secs, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                )
+                .bind(&d.id)
+                .bind(&d.tenant)
+                .bind(&d.role_arn)
+                .bind(&d.glue_database)
+                .bind(&d.glue_table)
+                .bind(d.lf_tag_expression.as_ref().map(serde_json::to_string).transpose()?)
+                .bind(&d.s3_prefix)
+                .bind(serde_json::to_string(&d.permissions)?)
+                .bind(serde_json::to_string(&d.purposes)?)
+                .bind(d.max_duration_secs)
+                .bind(d.created_at)
+                .bind(d.updated_at)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(BUMP_REGISTRY).execute(&mut *tx).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn update_dataset(&self, d: &Dataset) -> anyhow::Result<bool> {
+                let mut tx = self.pool.begin().await?;
+                let done = sqlx::query(
+                    "UPDATE datasets SET tenant = $2, role_arn = $3, glue_database = $4, glue_table = $5, \
+                     lf_tag_expression = $6, s3_prefix = $7, permissions = $8, purposes = $9, \
+                     max_duration_secs = $10, updated_at = $11 WHERE id = $1",
+                )
+                .bind(&d.id)
+                .bind(&d.tenant)
+                .bind(&d.role_arn)
+                .bind(&d.glue_database)
+                .bind(&d.glue_table)
+                .bind(d.lf_tag_expression.as_ref().map(serde_json::to_string).transpose()?)
+                .bind(&d.s3_prefix)
+                .bind(serde_json::to_string(&d.permissions)?)
+                .bind(serde_json::to_string(&d.purposes)?)
+                .bind(d.max_duration_secs)
+                .bind(d.updated_at)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(BUMP_REGISTRY).execute(&mut *tx).await?;
+                tx.commit().await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn get_dataset(&self, id: &str) -> anyhow::Result<Option<Dataset>> {
+                let row = sqlx::query("SELECT * FROM datasets WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
+                row.as_ref().map(Self::dataset_from_row).transpose()
+            }
+
+            async fn list_datasets(&self) -> anyhow::Result<Vec<Dataset>> {
+                let rows = sqlx::query("SELECT * FROM datasets ORDER BY id").fetch_all(&self.pool).await?;
+                rows.iter().map(Self::dataset_from_row).collect()
+            }
+
+            async fn delete_dataset(&self, id: &str) -> anyhow::Result<bool> {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query("DELETE FROM dataset_grants WHERE dataset_id = $1").bind(id).execute(&mut *tx).await?;
+                let done = sqlx::query("DELETE FROM datasets WHERE id = $1").bind(id).execute(&mut *tx).await?;
+                sqlx::query(BUMP_REGISTRY).execute(&mut *tx).await?;
+                tx.commit().await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn add_grant(&self, g: &DatasetGrant) -> anyhow::Result<()> {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query(
+                    "INSERT INTO dataset_grants (id, dataset_id, grantee_type, grantee, permission, purposes, expires_at, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                )
+                .bind(&g.id)
+                .bind(&g.dataset_id)
+                .bind(g.grantee_type.as_str())
+                .bind(&g.grantee)
+                .bind(g.permission.as_str())
+                .bind(serde_json::to_string(&g.purposes)?)
+                .bind(g.expires_at)
+                .bind(g.created_at)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(BUMP_REGISTRY).execute(&mut *tx).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn grants(&self, dataset_id: Option<&str>) -> anyhow::Result<Vec<DatasetGrant>> {
+                let rows = sqlx::query(
+                    "SELECT * FROM dataset_grants WHERE ($1 IS NULL OR dataset_id = $1) ORDER BY created_at, id",
+                )
+                .bind(dataset_id)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter().map(Self::grant_from_row).collect()
+            }
+
+            async fn remove_grant(&self, id: &str) -> anyhow::Result<bool> {
+                let mut tx = self.pool.begin().await?;
+                let done = sqlx::query("DELETE FROM dataset_grants WHERE id = $1").bind(id).execute(&mut *tx).await?;
+                sqlx::query(BUMP_REGISTRY).execute(&mut *tx).await?;
+                tx.commit().await?;
+                Ok(done.rows_affected() == 1)
+            }
+        }
+
+        #[async_trait]
         impl ReplayStore for $store {
             async fn record_jti(&self, client_id: &str, jti: &str, expires_at: i64, now: i64) -> anyhow::Result<JtiOutcome> {
                 // An expired row for the same jti no longer protects anything;
@@ -418,10 +577,11 @@ macro_rules! sql_store {
                     .fetch_one(&mut *tx)
                     .await?;
                 let (mut seq, mut prev): (i64, String) = (head.try_get("n")?, head.try_get("hash")?);
-                for chunk in records.chunks(500) {
+                for chunk in records.chunks(250) {
                     let mut q = sqlx::QueryBuilder::new(
                         "INSERT INTO audit_log (seq, ts, event, decision, reason, client_id, subject, principal, tenant, \
-                         audience, scopes, route, policy_version, jti, request_id, peer, actor, upstream_issuer, prev_hash, hash) ",
+                         audience, scopes, route, policy_version, jti, request_id, peer, actor, upstream_issuer, dataset, purpose, permission, role_arn, session_name, \
+                         source_identity, access_key_id, credential_expiry, prev_hash, hash) ",
                     );
                     let mut rows = Vec::with_capacity(chunk.len());
                     for r in chunk {
@@ -448,6 +608,14 @@ macro_rules! sql_store {
                             .push_bind(r.peer.clone())
                             .push_bind(r.actor.clone())
                             .push_bind(r.upstream_issuer.clone())
+                            .push_bind(r.dataset.clone())
+                            .push_bind(r.purpose.clone())
+                            .push_bind(r.permission.clone())
+                            .push_bind(r.role_arn.clone())
+                            .push_bind(r.session_name.clone())
+                            .push_bind(r.source_identity.clone())
+                            .push_bind(r.access_key_id.clone())
+                            .push_bind(r.credential_expiry)
                             .push_bind(prev_hash)
                             .push_bind(hash);
                     });

@@ -272,6 +272,7 @@ impl TrustedIssuers {
                 TrustedKind::Workload => Principal::Workload,
             },
             tenant,
+            groups: groups.clone(),
             act,
         };
         let verified = Arc::new(VerifiedToken {

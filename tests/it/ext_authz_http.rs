@@ -61,7 +61,8 @@ async fn builtin_policy_lets_each_credential_kind_through_only_its_own_routes() 
         ),
         ("/internal/orders", &service_api, 403, "wrong_audience"),
         ("/ui/home", &human_api, 403, "no_matching_rule"),
-        ("/data/sales.orders/x", &human_api, 403, "no_matching_rule"),
+        // /data/* wants a person's token for the data audience.
+        ("/data/sales.orders/x", &human_api, 403, "wrong_audience"),
         ("/", &service_internal, 403, "no_matching_rule"),
         (
             "//internal/orders",

@@ -276,6 +276,7 @@ impl TestApp {
             scope: scope.into(),
             principal: Principal::Human,
             tenant: "acme".into(),
+            groups: Vec::new(),
             act: None,
         }
     }

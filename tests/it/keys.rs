@@ -193,6 +193,7 @@ async fn retired_key_leaves_the_jwks_after_its_grace_and_its_tokens_are_refused(
         scope: String::new(),
         principal: Principal::Service,
         tenant: "acme".into(),
+        groups: Vec::new(),
         act: None,
     };
     let outliving = t.app().issuers.service.mint(&claims).unwrap();

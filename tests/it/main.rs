@@ -4,9 +4,12 @@
 
 mod harness;
 mod idp;
+mod moto;
 
 mod audit;
+mod aws;
 mod cli;
+mod data;
 mod discovery;
 mod ext_authz_grpc;
 mod ext_authz_http;

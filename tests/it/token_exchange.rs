@@ -167,6 +167,7 @@ async fn delegated_client(
             scopes: scopes.iter().map(|s| s.to_string()).collect(),
             actors: actors.iter().map(|s| s.to_string()).collect(),
             expires_at,
+            ..Default::default()
         },
         app.clock.now(),
     )

@@ -114,6 +114,7 @@ pub async fn issue_service_token(
         scope: validated.scopes.join(" "),
         principal: Principal::Service,
         tenant: client.tenant.clone(),
+        groups: Vec::new(),
         act: None,
     };
     let access_token = issuer.mint(&claims)?;
@@ -127,5 +128,6 @@ pub async fn issue_service_token(
         token_type: "Bearer",
         expires_in: validated.ttl,
         scope: claims.scope,
+        credentials: None,
     })
 }

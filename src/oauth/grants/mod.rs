@@ -2,6 +2,7 @@
 //! *validates* its parameters against the client (no side effects), then
 //! *issues*.
 
+pub mod aws_credentials;
 pub mod client_credentials;
 pub mod token_exchange;
 
@@ -86,7 +87,10 @@ pub async fn handle(
         Err(e @ OAuthError::TemporarilyUnavailable(_)) => Err(e),
         Err(e) => {
             rec.decision = Decision::Deny.as_str().into();
-            rec.reason = format!("{}: {}", e.code(), e.description());
+            rec.reason = match e.reason() {
+                Some(r) => format!("{} ({r}): {}", e.code(), e.description()),
+                None => format!("{}: {}", e.code(), e.description()),
+            };
             app.audit.record(rec).await?;
             Err(e)
         }
@@ -105,6 +109,9 @@ pub struct TokenResponse {
     pub expires_in: i64,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub scope: String,
+    /// AWS credentials, for that requested token type.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<aws_credentials::CredentialFields>,
 }
 
 /// RFC 6749 §3.3 `scope-token = 1*( %x21 / %x23-5B / %x5D-7E )`.

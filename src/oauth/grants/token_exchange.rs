@@ -24,6 +24,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::client_credentials::{self, issue_service_token};
+use super::aws_credentials::{self, CredentialParams, AWS_CREDENTIALS};
 use super::{parse_scope, parse_targets, TokenResponse};
 use crate::app::App;
 use crate::audit::AuditRecord;
@@ -86,6 +87,8 @@ pub struct Params {
     pub actor_token: Option<(String, TokenType)>,
     /// What the response's `issued_token_type` says: access_token or jwt.
     pub requested: TokenType,
+    /// Set when AWS credentials are asked for instead of a token.
+    pub aws: Option<CredentialParams>,
     pub scope: Option<Vec<String>>,
     /// `audience` and `resource` values together.
     pub targets: Vec<String>,
@@ -110,22 +113,27 @@ impl Params {
                 ))
             }
         };
-        let requested = match p.get("requested_token_type") {
-            None | Some(ACCESS_TOKEN) => TokenType::AccessToken,
-            Some(JWT) => TokenType::Jwt,
+        let scope = p.get("scope").map(parse_scope).transpose()?;
+        let targets = parse_targets(p)?;
+        let (requested, aws) = match p.get("requested_token_type") {
+            None | Some(ACCESS_TOKEN) => (TokenType::AccessToken, None),
+            Some(JWT) => (TokenType::Jwt, None),
+            Some(AWS_CREDENTIALS) => (
+                TokenType::AccessToken,
+                Some(CredentialParams::parse(p, &targets, scope.as_deref())?),
+            ),
             Some(_) => {
                 return Err(OAuthError::invalid_request(
-                    "requested_token_type is not supported (access_token or jwt)",
+                    "requested_token_type is not supported (access_token, jwt or aws-credentials)",
                 ))
             }
         };
-        let scope = p.get("scope").map(parse_scope).transpose()?;
-        let targets = parse_targets(p)?;
         Ok(Self {
             subject_token,
             subject_token_type,
             actor_token,
             requested,
+            aws,
             scope,
             targets,
         })
@@ -196,6 +204,11 @@ async fn exchange_workload(
     if params.actor_token.is_some() {
         return Err(OAuthError::invalid_request(
             "actor_token is not used when exchanging a workload identity",
+        ));
+    }
+    if params.aws.is_some() {
+        return Err(invalid_grant(
+            "AWS credentials are issued for people: the subject must be a person's token",
         ));
     }
     if !app.trusted.audience_accepted(subject) {
@@ -383,6 +396,10 @@ async fn delegate(
         )));
     }
 
+    if let Some(asked) = params.aws {
+        return aws_credentials::issue(app, caller, subject, &live, asked, rec).await;
+    }
+
     // Audience: asked for, or the one the delegations name.
     let targets = if params.targets.is_empty() {
         let mut all: Vec<String> = live.iter().flat_map(|d| d.audiences.clone()).collect();
@@ -466,6 +483,7 @@ async fn delegate(
         scope: scopes.join(" "),
         principal: Principal::Human,
         tenant: claims.tenant.clone(),
+        groups: claims.groups.clone(),
         act: Some(act),
     };
     let access_token = issuer.mint(&minted)?;
@@ -479,6 +497,7 @@ async fn delegate(
         token_type: "Bearer",
         expires_in: ttl,
         scope: minted.scope,
+        credentials: None,
     })
 }
 

@@ -1,0 +1,291 @@
+//! Token exchange for federated AWS credentials (DESIGN.md §5): a data
+//! product presents a person's token with
+//! `requested_token_type=urn:tessera:params:oauth:token-type:aws-credentials`,
+//! `resource=urn:tessera:dataset:{id}`, `scope=read|write` and a `purpose`.
+//! Once the person's grant and the product's delegation allow it
+//! ([`crate::data::authorize`]), STS `AssumeRole` is called on the
+//! dataset's role with a session name and source identity derived from the
+//! person, session tags binding user, service, tenant, dataset and purpose,
+//! and an inline policy narrowed to the dataset and permission. Every name,
+//! tag and the policy are checked against AWS's limits before the call.
+//! Credentials are never logged or stored; optionally, still-fresh ones are
+//! reused for the identical binding.
+
+use std::collections::HashMap;
+use std::time::{Duration, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use serde::Serialize;
+
+use super::TokenResponse;
+use crate::app::App;
+use crate::audit::AuditRecord;
+use crate::aws::session::{self, DatasetScope};
+use crate::aws::{AssumeRequest, IssuedCredentials, StsError};
+use crate::data::{authorize, Actor, DataRequest};
+use crate::issuer::VerifiedToken;
+use crate::oauth::client_auth::Authenticated;
+use crate::oauth::{FormParams, OAuthError};
+use crate::store::{Delegation, Permission};
+
+/// `requested_token_type` (and `issued_token_type`) of AWS credentials.
+pub const AWS_CREDENTIALS: &str = "urn:tessera:params:oauth:token-type:aws-credentials";
+/// `resource` naming a dataset: `urn:tessera:dataset:{id}`.
+pub const DATASET_URN: &str = "urn:tessera:dataset:";
+
+/// Session tag keys; all transitive, so role chaining keeps them.
+pub const TAG_KEYS: [&str; 6] = [
+    "tessera-user",
+    "tessera-service",
+    "tessera-tenant",
+    "tessera-dataset",
+    "tessera-purpose",
+    "tessera-permission",
+];
+
+#[derive(Debug, Clone)]
+pub struct CredentialParams {
+    pub dataset: String,
+    pub permission: Permission,
+    pub purpose: Option<String>,
+    /// `expires_in` asked for, in seconds.
+    pub duration: Option<i64>,
+}
+
+impl CredentialParams {
+    pub fn parse(
+        p: &FormParams,
+        targets: &[String],
+        scope: Option<&[String]>,
+    ) -> Result<Self, OAuthError> {
+        let dataset = match targets {
+            [one] => one.strip_prefix(DATASET_URN).filter(|d| !d.is_empty()),
+            _ => None,
+        }
+        .ok_or_else(|| {
+            OAuthError::InvalidTarget(
+                "AWS credentials need exactly one resource=urn:tessera:dataset:{id}".into(),
+            )
+        })?;
+        let permission = match scope {
+            Some([one]) => Permission::parse(one),
+            _ => None,
+        }
+        .ok_or_else(|| OAuthError::InvalidScope("scope must be read or write".into()))?;
+        let duration = p
+            .get("expires_in")
+            .map(|d| {
+                d.parse::<i64>()
+                    .ok()
+                    .filter(|d| *d > 0)
+                    .ok_or_else(|| OAuthError::invalid_request("expires_in must be a number of seconds"))
+            })
+            .transpose()?;
+        Ok(Self {
+            dataset: dataset.to_string(),
+            permission,
+            purpose: p.get("purpose").map(str::to_string),
+            duration,
+        })
+    }
+}
+
+/// The credential fields of the response, beside RFC 8693's.
+#[derive(Debug, Serialize)]
+pub struct CredentialFields {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub session_token: String,
+    /// RFC 3339, as STS writes it.
+    pub expiration: String,
+    pub assumed_role_arn: String,
+}
+
+/// Who, for what: credentials are reused only for exactly this.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Binding {
+    user: String,
+    client: String,
+    dataset: String,
+    permission: Permission,
+    purpose: String,
+    role_arn: String,
+}
+
+/// Still-fresh credentials per binding, kept in memory only; reused until
+/// `aws.credential_reuse_margin` before they expire.
+#[derive(Debug, Default)]
+pub struct CredentialCache {
+    entries: Mutex<HashMap<Binding, IssuedCredentials>>,
+}
+
+const CACHE_CAPACITY: usize = 10_000;
+
+impl CredentialCache {
+    fn get(&self, key: &Binding, now: i64, margin: i64) -> Option<IssuedCredentials> {
+        let mut map = self.entries.lock();
+        match map.get(key) {
+            Some(c) if c.expiration - now > margin => Some(c.clone()),
+            Some(_) => {
+                map.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn put(&self, key: Binding, creds: IssuedCredentials, now: i64) {
+        let mut map = self.entries.lock();
+        if map.len() >= CACHE_CAPACITY {
+            map.retain(|_, c| c.expiration > now);
+            if map.len() >= CACHE_CAPACITY {
+                map.clear();
+            }
+        }
+        map.insert(key, creds);
+    }
+}
+
+fn rfc3339(unix: i64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix.max(0) as u64))
+        .to_string()
+}
+
+fn sts_error(e: StsError) -> OAuthError {
+    match e {
+        StsError::Denied(text) => OAuthError::CloudDenied("sts_denied", text.into()),
+        StsError::Throttled(text) => OAuthError::CloudUnavailable("sts_throttled", text.into()),
+        StsError::Unavailable(text) => OAuthError::CloudUnavailable("sts_unavailable", text.into()),
+    }
+}
+
+/// Checks the person's grant and the client's delegation, then issues (or
+/// reuses) credentials and audits them. `delegations` are the client's live
+/// ones; `rec` already names the person, client and actor chain.
+pub async fn issue(
+    app: &App,
+    caller: &Authenticated,
+    subject: &VerifiedToken,
+    delegations: &[Delegation],
+    params: CredentialParams,
+    rec: &mut AuditRecord,
+) -> Result<TokenResponse, OAuthError> {
+    let now = app.clock.now();
+    let person = &subject.claims;
+    let client_id = &caller.client.client_id;
+    rec.dataset = Some(params.dataset.clone());
+    rec.permission = Some(params.permission.as_str().into());
+    rec.purpose = params.purpose.clone();
+    rec.policy_version = Some(app.policy.current().version.clone());
+    let snapshot = app
+        .data
+        .snapshot(app.clients.version())
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "loading datasets failed");
+            OAuthError::TemporarilyUnavailable("dataset registry unavailable".into())
+        })?;
+    let request = DataRequest {
+        dataset: &params.dataset,
+        permission: params.permission,
+        purpose: params.purpose.as_deref(),
+    };
+    let actor = Actor {
+        client_id,
+        delegations,
+    };
+    let (dataset, purpose) =
+        authorize(&snapshot, person, Some(actor), request, now).map_err(OAuthError::DataRefused)?;
+    rec.purpose = Some(purpose.clone());
+
+    // Everything AWS will see, checked against its limits first.
+    let tag_values = [
+        person.sub.as_str(),
+        client_id.as_str(),
+        person.tenant.as_str(),
+        dataset.id.as_str(),
+        purpose.as_str(),
+        params.permission.as_str(),
+    ];
+    let tags: Vec<(String, String)> = TAG_KEYS
+        .iter()
+        .zip(tag_values)
+        .map(|(k, v)| (k.to_string(), session::tag_value(v)))
+        .collect();
+    let transitive: Vec<String> = TAG_KEYS.iter().map(|k| k.to_string()).collect();
+    let account = session::account_of_role_arn(&dataset.role_arn)
+        .ok_or_else(|| {
+            OAuthError::CloudDenied("role_arn_invalid", "the dataset's role ARN is not valid".into())
+        })?
+        .to_string();
+    let scope = DatasetScope {
+        region: app.config.aws.region.clone(),
+        account,
+        glue_database: dataset.glue_database.clone(),
+        glue_table: dataset.glue_table.clone(),
+        s3_prefix: dataset.s3_prefix.clone(),
+    };
+    let aws_permission = match params.permission {
+        Permission::Read => session::Permission::Read,
+        Permission::Write => session::Permission::Write,
+    };
+    let request = AssumeRequest {
+        role_arn: dataset.role_arn.clone(),
+        session_name: session::session_name(&person.sub),
+        source_identity: session::source_identity(&person.sub),
+        tags,
+        transitive_tag_keys: transitive,
+        policy: session::session_policy(&scope, aws_permission)
+            .map_err(|e| OAuthError::CloudDenied("session_policy_too_large", e.into()))?,
+        duration_secs: session::duration(params.duration, dataset.max_duration_secs),
+    };
+    session::validate_request(&request)
+        .map_err(|e| OAuthError::CloudDenied("request_outside_aws_limits", e.into()))?;
+    rec.role_arn = Some(request.role_arn.clone());
+    rec.session_name = Some(request.session_name.clone());
+    rec.source_identity = Some(request.source_identity.clone());
+
+    let binding = Binding {
+        user: person.sub.clone(),
+        client: client_id.clone(),
+        dataset: dataset.id.clone(),
+        permission: params.permission,
+        purpose,
+        role_arn: dataset.role_arn.clone(),
+    };
+    let margin = app.config.aws.credential_reuse_margin.map(|m| m.as_secs() as i64);
+    let reused = margin.and_then(|m| app.credentials.get(&binding, now, m));
+    let (creds, how) = match reused {
+        Some(c) => (c, "reused"),
+        None => {
+            let c = app
+                .broker
+                .assume_role(&request)
+                .await
+                .map_err(sts_error)?;
+            if margin.is_some() {
+                app.credentials.put(binding, c.clone(), now);
+            }
+            (c, "issued")
+        }
+    };
+    rec.access_key_id = Some(creds.access_key_id.clone());
+    rec.credential_expiry = Some(creds.expiration);
+    rec.reason = format!("aws_credentials {how} via {}", caller.method.as_str());
+    app.audit.record(rec.clone()).await?;
+    app.metrics.tokens_issued.inc();
+    Ok(TokenResponse {
+        access_token: creds.session_token.clone(),
+        issued_token_type: Some(AWS_CREDENTIALS),
+        token_type: "N_A",
+        expires_in: (creds.expiration - now).max(0),
+        scope: params.permission.as_str().into(),
+        credentials: Some(CredentialFields {
+            access_key_id: creds.access_key_id,
+            secret_access_key: creds.secret_access_key,
+            session_token: creds.session_token,
+            expiration: rfc3339(creds.expiration),
+            assumed_role_arn: creds.assumed_role_arn,
+        }),
+    })
+}
