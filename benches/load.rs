@@ -46,7 +46,7 @@ use envoy_types::pb::google::rpc::Status as RpcStatus;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use ring::rand::SystemRandom;
+use ring::rand::{SecureRandom, SystemRandom};
 use ring::signature::{self, EcdsaKeyPair, KeyPair, UnparsedPublicKey};
 use serde::Serialize;
 use tokio::net::TcpStream;
@@ -60,6 +60,21 @@ const MINT_BUDGET: Duration = Duration::from_secs(120);
 const SCOPE: &str = "bench:read";
 const CHECK_PATH: &str = "/internal/bench";
 const CEILING_JSON: &str = r#"{"status":"ok","service":"ceiling","version":1}"#;
+/// The bench's own OpenID provider ("corp" in Tessera's config).
+const IDP_NAME: &str = "corp";
+const IDP_KID: &str = "bench-1";
+/// `aud` of the IdP's ID tokens, and the audience of the trusted `/api/*` rule.
+const IDP_AUDIENCE: &str = "tessera";
+/// Distinct people (`sub`) the bench IdP signs ID tokens for.
+const IDP_USERS: usize = 1000;
+/// Audience and scope of the product's delegation (token exchange).
+const EXCHANGE_AUDIENCE: &str = "api";
+const EXCHANGE_SCOPE: &str = "reports:read";
+const EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+const ID_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:id_token";
+const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+/// The path the trusted-issuer ext_authz scenarios check (rule `api`).
+const TRUSTED_CHECK: &str = "/ext_authz/api/x";
 
 // ---------------------------------------------------------------- options
 
@@ -364,10 +379,20 @@ impl Template {
     }
 
     fn build(&self) -> Request<Full<Bytes>> {
-        let mut r = Request::new(Full::new(self.body.clone()));
+        self.build_with(self.body.clone())
+    }
+
+    /// The request with another (form) body.
+    fn build_with(&self, body: Bytes) -> Request<Full<Bytes>> {
+        let len = body.len();
+        let mut r = Request::new(Full::new(body));
         *r.method_mut() = self.method.clone();
         *r.uri_mut() = self.uri.clone();
         *r.headers_mut() = self.headers.clone();
+        if len != self.body.len() {
+            r.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        }
         r
     }
 }
@@ -904,6 +929,78 @@ impl Bench {
             .await;
         (tokens, m)
     }
+
+    /// A first-seen run: every request carries an item of `unused` (a
+    /// token, or a body holding one) that no earlier request carried, and
+    /// the items used are removed from `unused`. Since every item is used
+    /// once, a second attempt gets fresh ones from `refill(count)`.
+    #[allow(clippy::too_many_arguments)]
+    async fn first_seen<T, B, R>(
+        &self,
+        name: &str,
+        addr: SocketAddr,
+        pid: i32,
+        unused: &mut Vec<T>,
+        want: usize,
+        build: B,
+        check: CheckFn,
+        mut refill: R,
+    ) -> Stats
+    where
+        T: Clone + Send + Sync + 'static,
+        B: Fn(T) -> Request<Full<Bytes>> + Send + Sync + 'static,
+        R: AsyncFnMut(usize) -> Vec<T>,
+    {
+        let build = Arc::new(build);
+        let mut others = Vec::new();
+        let mut best: Option<Stats> = None;
+        loop {
+            let pool = Arc::new(TokenPool {
+                list: std::mem::take(unused),
+                next: AtomicUsize::new(0),
+            });
+            let (p, b) = (pool.clone(), build.clone());
+            let make: MakeFn = Arc::new(move || {
+                let item = p.list.get(p.next.fetch_add(1, Ordering::Relaxed))?.clone();
+                Some(b(item))
+            });
+            let (mut s, _) = self
+                .http(name, addr, pid, self.phase(), make, check.clone())
+                .await;
+            let pool = Arc::try_unwrap(pool)
+                .ok()
+                .expect("every worker has finished");
+            let used = pool.next.into_inner().min(pool.list.len());
+            if used >= pool.list.len() {
+                s.note = Some(format!(
+                    "ran out of its {} pre-minted tokens after {:.1} s of the {} s window (raise BENCH_MAX_TOKENS)",
+                    pool.list.len(),
+                    s.secs,
+                    self.opts.seconds
+                ));
+            }
+            *unused = pool.list;
+            unused.drain(..used);
+            others.push(s.other_cpu);
+            let again = self.again(&s, others.len()).await;
+            if best.as_ref().is_none_or(|b| s.other_cpu < b.other_cpu) {
+                best = Some(s);
+            }
+            if !again {
+                break;
+            }
+            let need = want.max(used + used / 10);
+            if unused.len() < need {
+                let started = Instant::now();
+                let more = refill(need - unused.len()).await;
+                self.spend(started.elapsed());
+                unused.extend(more);
+            }
+        }
+        let mut best = best.expect("at least one attempt");
+        note_attempts(&mut best, &others);
+        best
+    }
 }
 
 fn note_attempts(s: &mut Stats, others: &[f64]) {
@@ -929,8 +1026,8 @@ fn bearer_value(token: &Bytes) -> HeaderValue {
 }
 
 /// Tokens for one first-seen attempt, each handed out once.
-struct TokenPool {
-    list: Vec<HeaderValue>,
+struct TokenPool<T> {
+    list: Vec<T>,
     next: AtomicUsize,
 }
 
@@ -985,6 +1082,9 @@ struct Tessera {
     grpc: SocketAddr,
     client_id: String,
     secret: String,
+    /// The data product that exchanges people's ID tokens (token exchange).
+    product_id: String,
+    product_secret: String,
 }
 
 fn tessera_command(env: &[(String, String)], dir: &Path) -> Command {
@@ -1033,7 +1133,73 @@ async fn wait_ready(
     )
 }
 
-async fn start_tessera(opts: &Opts, dir: &Path, schema: Option<&str>) -> anyhow::Result<Tessera> {
+/// The route policy: the built-in `internal` rule the service-token rows
+/// use, and `api` for people's ID tokens from the bench IdP.
+fn policy_toml() -> String {
+    format!(
+        r#"[[rule]]
+name = "internal"
+path = "/internal/*"
+accept = ["service"]
+audience = "internal"
+
+[[rule]]
+name = "api"
+path = "/api/*"
+accept = ["human"]
+audience = "{IDP_AUDIENCE}"
+trusted_issuers = ["{IDP_NAME}"]
+"#
+    )
+}
+
+/// The config file: the policy file and the bench IdP as a trusted issuer
+/// of people; everything else comes from the environment.
+fn config_toml(policy: &Path, idp_issuer: &str) -> String {
+    format!(
+        r#"[policy]
+file = {policy:?}
+
+[[trusted_issuers]]
+name = "{IDP_NAME}"
+issuer = "{idp_issuer}"
+kind = "human"
+audiences = ["{IDP_AUDIENCE}"]
+[trusted_issuers.group_scopes]
+analysts = ["{EXCHANGE_SCOPE}"]
+"#,
+        policy = policy.display().to_string()
+    )
+}
+
+/// Runs a `tessera` CLI command against the server's store; its JSON output.
+fn tessera_cli(
+    env: &[(String, String)],
+    dir: &Path,
+    args: &[&str],
+) -> anyhow::Result<serde_json::Value> {
+    let what = format!("tessera {}", args[..2.min(args.len())].join(" "));
+    let out = tessera_command(env, dir)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| what.clone())?;
+    if !out.status.success() {
+        bail!(
+            "{what} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    serde_json::from_slice(&out.stdout).with_context(|| format!("{what} output is not JSON"))
+}
+
+async fn start_tessera(
+    opts: &Opts,
+    dir: &Path,
+    schema: Option<&str>,
+    idp_issuer: &str,
+) -> anyhow::Result<Tessera> {
     let (hp, gp) = free_ports()?;
     let http: SocketAddr = format!("127.0.0.1:{hp}").parse()?;
     let grpc: SocketAddr = format!("127.0.0.1:{gp}").parse()?;
@@ -1052,6 +1218,11 @@ async fn start_tessera(opts: &Opts, dir: &Path, schema: Option<&str>) -> anyhow:
         ("TESSERA_LOG".into(), "warn".into()),
         ("TESSERA_ISSUERS_SERVICE_TOKEN_TTL".into(), "1h".into()),
     ];
+    let policy = dir.join("policy.toml");
+    std::fs::write(&policy, policy_toml()).context("write policy.toml")?;
+    let config = dir.join("tessera.toml");
+    std::fs::write(&config, config_toml(&policy, idp_issuer)).context("write tessera.toml")?;
+    env.push(("TESSERA_CONFIG".into(), config.display().to_string()));
     if let Some(s) = schema {
         env.push(("TESSERA_STORE_SCHEMA".into(), s.to_string()));
     }
@@ -1065,8 +1236,10 @@ async fn start_tessera(opts: &Opts, dir: &Path, schema: Option<&str>) -> anyhow:
         schema.map_or(String::new(), |s| format!(", schema {s}"))
     );
 
-    let out = tessera_command(&env, dir)
-        .args([
+    let created = tessera_cli(
+        &env,
+        dir,
+        &[
             "client",
             "create",
             "--name",
@@ -1077,28 +1250,50 @@ async fn start_tessera(opts: &Opts, dir: &Path, schema: Option<&str>) -> anyhow:
             "internal",
             "--scope",
             SCOPE,
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .context("tessera client create")?;
-    if !out.status.success() {
-        bail!(
-            "tessera client create failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let created: serde_json::Value =
-        serde_json::from_slice(&out.stdout).context("client create output is not JSON")?;
-    let field = |k: &str| {
-        created[k]
-            .as_str()
+        ],
+    )?;
+    let product = tessera_cli(
+        &env,
+        dir,
+        &[
+            "client",
+            "create",
+            "--name",
+            "product",
+            "--tenant",
+            "acme",
+            "--audience",
+            "internal",
+        ],
+    )?;
+    let field = |v: &serde_json::Value, k: &str| {
+        v[k].as_str()
             .map(str::to_string)
-            .ok_or_else(|| anyhow!("client create output has no {k}: {created}"))
+            .ok_or_else(|| anyhow!("client create output has no {k}: {v}"))
     };
+    let product_id = field(&product, "client_id")?;
+    let delegation = tessera_cli(
+        &env,
+        dir,
+        &[
+            "delegation",
+            "add",
+            "--client",
+            &product_id,
+            "--audience",
+            EXCHANGE_AUDIENCE,
+            "--scope",
+            EXCHANGE_SCOPE,
+        ],
+    )?;
+    if delegation["client_id"] != product_id.as_str() {
+        bail!("unexpected delegation add output: {delegation}");
+    }
     Ok(Tessera {
-        client_id: field("client_id")?,
-        secret: field("client_secret")?,
+        client_id: field(&created, "client_id")?,
+        secret: field(&created, "client_secret")?,
+        product_secret: field(&product, "client_secret")?,
+        product_id,
         guard,
         http,
         grpc,
@@ -1127,6 +1322,16 @@ fn check_request(token: &str) -> CheckRequest {
     }
 }
 
+/// The product's token-exchange request for a person's ID token (an ID
+/// token is base64url and dots: nothing to escape).
+fn exchange_form(id_token: &str) -> String {
+    format!(
+        "grant_type={}&subject_token={id_token}&subject_token_type={}&audience={EXCHANGE_AUDIENCE}",
+        EXCHANGE_GRANT.replace(':', "%3A"),
+        ID_TOKEN_TYPE.replace(':', "%3A")
+    )
+}
+
 fn claims_of(token: &str) -> serde_json::Value {
     token
         .split('.')
@@ -1146,8 +1351,17 @@ struct Results {
     first_seen: Stats,
     grpc: Stats,
     introspect: Stats,
+    exchange: Stats,
+    exchange_first: Stats,
+    trusted_cached: Stats,
+    trusted_first: Stats,
     token_bytes: usize,
+    id_token_bytes: usize,
     minted_note: String,
+    /// How the ID tokens of the first-seen runs were made.
+    signed_notes: Vec<String>,
+    /// What the bench IdP answered during the run.
+    idp_note: String,
     /// Machine busy just before the run (% of one core) and the wait for it.
     quiet: (f64, f64),
 }
@@ -1189,7 +1403,9 @@ async fn run(opts: Opts) -> anyhow::Result<Results> {
         opts.concurrency,
         nproc()
     );
-    let mut tessera = start_tessera(&opts, dir.path(), schema.as_deref()).await?;
+    let idp = start_idp().await?;
+    eprintln!("bench: IdP {} (trusted issuer {IDP_NAME:?})", idp.issuer());
+    let mut tessera = start_tessera(&opts, dir.path(), schema.as_deref(), idp.issuer()).await?;
     let result = async {
         let t = &tessera;
         let tpid = t.guard.pid();
@@ -1241,6 +1457,81 @@ async fn run(opts: Opts) -> anyhow::Result<Results> {
             bail!("gRPC preflight: {r:?}");
         }
         drop(gc);
+
+        // A person's ID token from the bench IdP, exchanged by the product
+        // (Tessera has fetched the IdP's keys at start-up or, at the
+        // latest, does so now, before anything is timed)...
+        let id_token = idp.signer.id_token(0, unix_now());
+        let exchange_tpl = Template::new(Method::POST, t.http, "/oauth2/token")
+            .header(
+                header::AUTHORIZATION,
+                &basic(&t.product_id, &t.product_secret),
+            )
+            .form(exchange_form(&id_token));
+        let (s, _, body) = http_once(t.http, exchange_tpl.build()).await?;
+        let v: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|_| anyhow!("token exchange preflight: {}", describe(s, &body)))?;
+        let delegated = match v["access_token"].as_str() {
+            Some(tok) if s == StatusCode::OK => tok.to_string(),
+            _ => bail!("token exchange preflight: {}", describe(s, &body)),
+        };
+        let dc = claims_of(&delegated);
+        eprintln!(
+            "bench: ID token ({} bytes) exchanged for a delegated token ({} bytes) with claims: {dc}",
+            id_token.len(),
+            delegated.len()
+        );
+        let aud_ok = dc["aud"] == EXCHANGE_AUDIENCE
+            || dc["aud"]
+                .as_array()
+                .is_some_and(|a| a.len() == 1 && a[0] == EXCHANGE_AUDIENCE);
+        if s != StatusCode::OK
+            || v["issued_token_type"] != ACCESS_TOKEN_TYPE
+            || v["scope"] != EXCHANGE_SCOPE
+            || !aud_ok
+            || dc["sub"] != "user-0000"
+            || dc["scope"] != EXCHANGE_SCOPE
+            || dc["principal"] != "human"
+            || dc["tenant"] != "acme"
+            || dc["client_id"] != t.product_id.as_str()
+            || dc["act"] != serde_json::json!({ "sub": t.product_id })
+            || !dc["iss"]
+                .as_str()
+                .is_some_and(|i| i.ends_with("/issuers/human"))
+        {
+            bail!("unexpected token exchange answer: {v}, delegated token claims {dc}");
+        }
+        // ... and presented directly at the edge on the trusted rule.
+        let trusted_tpl = Template::new(Method::GET, t.http, TRUSTED_CHECK)
+            .header(header::AUTHORIZATION, &format!("Bearer {id_token}"));
+        let (s, h, body) = http_once(t.http, trusted_tpl.build()).await?;
+        let hv = |k: &str| h.get(k).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        if s != StatusCode::OK
+            || hv("x-tessera-subject") != "user-0000"
+            || hv("x-tessera-principal") != "human"
+            || hv("x-tessera-tenant") != "acme"
+        {
+            bail!("trusted ext_authz preflight: {} {h:?}", describe(s, &body));
+        }
+        // The trusted rule really checks: a forged signature is refused,
+        // and so is the ID token on the service-token route.
+        let (head, _) = id_token.rsplit_once('.').expect("three parts");
+        let forged = format!("{head}.{}", B64.encode([7u8; 64]));
+        let forged_tpl = Template::new(Method::GET, t.http, TRUSTED_CHECK)
+            .header(header::AUTHORIZATION, &format!("Bearer {forged}"));
+        let (s, _, body) = http_once(t.http, forged_tpl.build()).await?;
+        if s != StatusCode::UNAUTHORIZED {
+            bail!("a forged ID token was not refused: {}", describe(s, &body));
+        }
+        let wrong_route = Template::new(Method::GET, t.http, "/ext_authz/internal/bench")
+            .header(header::AUTHORIZATION, &format!("Bearer {id_token}"));
+        let (s, _, body) = http_once(t.http, wrong_route.build()).await?;
+        if s != StatusCode::FORBIDDEN {
+            bail!(
+                "an ID token passed the service-token route: {}",
+                describe(s, &body)
+            );
+        }
 
         // ---- ceilings.
         let json_tpl = Template::new(Method::GET, caddr, "/json");
@@ -1368,69 +1659,33 @@ async fn run(opts: Opts) -> anyhow::Result<Results> {
         // First-seen: every token is used once, so a second attempt needs
         // tokens of its own.
         let first_tpl = Template::new(Method::GET, t.http, "/ext_authz/internal/bench");
-        let mut others = Vec::new();
-        let mut best: Option<Stats> = None;
-        loop {
-            let pool = Arc::new(TokenPool {
-                list: std::mem::take(&mut unused),
-                next: AtomicUsize::new(0),
-            });
-            let (p, tpl) = (pool.clone(), first_tpl.clone());
-            let make: MakeFn = Arc::new(move || {
-                let v = p.list.get(p.next.fetch_add(1, Ordering::Relaxed))?.clone();
-                let mut r = tpl.build();
-                r.headers_mut().insert(header::AUTHORIZATION, v);
-                Some(r)
-            });
-            let (mut s, _) = bench
-                .http(
-                    "ext_authz HTTP first-seen",
-                    t.http,
-                    tpid,
-                    bench.phase(),
-                    make,
-                    expect_status(StatusCode::OK),
-                )
-                .await;
-            let pool = Arc::try_unwrap(pool)
-                .ok()
-                .expect("every worker has finished");
-            let used = pool.next.into_inner().min(pool.list.len());
-            if used >= pool.list.len() {
-                s.note = Some(format!(
-                    "ran out of its {} pre-minted tokens after {:.1} s of the {} s window (raise BENCH_MAX_TOKENS)",
-                    pool.list.len(),
-                    s.secs,
-                    opts.seconds
-                ));
-            }
-            unused = pool.list;
-            unused.drain(..used);
-            others.push(s.other_cpu);
-            let again = bench.again(&s, others.len()).await;
-            if best.as_ref().is_none_or(|b| s.other_cpu < b.other_cpu) {
-                best = Some(s);
-            }
-            if !again {
-                break;
-            }
-            let need = want.max(used + used / 10);
-            if unused.len() < need {
-                let started = Instant::now();
-                let (more, m) = bench.mint(t.http, tpid, &token_req, need - unused.len()).await;
-                bench.spend(started.elapsed());
-                unused.extend(more.iter().map(bearer_value));
-                let _ = write!(
-                    minted_note,
-                    "; {} more minted in {:.1} s for a second first-seen attempt",
-                    m.ok,
-                    started.elapsed().as_secs_f64()
-                );
-            }
-        }
+        let first_seen = bench
+            .first_seen(
+                "ext_authz HTTP first-seen",
+                t.http,
+                tpid,
+                &mut unused,
+                want,
+                move |v: HeaderValue| {
+                    let mut r = first_tpl.build();
+                    r.headers_mut().insert(header::AUTHORIZATION, v);
+                    r
+                },
+                expect_status(StatusCode::OK),
+                async |n| {
+                    let started = Instant::now();
+                    let (more, m) = bench.mint(t.http, tpid, &token_req, n).await;
+                    let _ = write!(
+                        minted_note,
+                        "; {} more minted in {:.1} s for a second first-seen attempt",
+                        m.ok,
+                        started.elapsed().as_secs_f64()
+                    );
+                    more.iter().map(bearer_value).collect()
+                },
+            )
+            .await;
         drop(unused);
-        let mut first_seen = best.expect("at least one attempt");
-        note_attempts(&mut first_seen, &others);
 
         let clients = grpc_clients(t.grpc, opts.grpc_channels).await?;
         let (grpc, _) = bench
@@ -1458,6 +1713,117 @@ async fn run(opts: Opts) -> anyhow::Result<Results> {
             })
             .await;
 
+        // ---- token exchange: the product exchanges people's ID tokens.
+        let (exchange, _) = bench
+            .measure(|| {
+                bench.http(
+                    "token exchange, one ID token",
+                    t.http,
+                    tpid,
+                    bench.phase(),
+                    fixed(exchange_tpl.clone()),
+                    expect_token(false),
+                )
+            })
+            .await;
+        // Each request a token Tessera has not verified before (the
+        // people cycle over IDP_USERS), enough for the bare rate of the
+        // slower of its two signature operations.
+        let pool_size = |rps: f64| {
+            ((rps * (opts.warmup + opts.seconds) * 1.15).ceil() as usize)
+                .clamp(1000, opts.max_tokens.max(1000))
+        };
+        let mut signed_notes = Vec::new();
+        let want_x = pool_size(mint.rps().min(verify.rps()));
+        let started = Instant::now();
+        eprintln!("bench: signing {want_x} ID tokens for the first-seen exchange run (untimed)");
+        let mut unused_x: Vec<Bytes> =
+            sign_id_tokens(&idp.signer, want_x, |tok| Bytes::from(exchange_form(tok))).await;
+        let mut note = format!(
+            "{want_x} ID tokens for the first-seen token exchange run ({IDP_USERS} people), signed by the bench IdP before it in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        let x_tpl = exchange_tpl.clone();
+        let exchange_first = bench
+            .first_seen(
+                "token exchange, first-seen ID tokens",
+                t.http,
+                tpid,
+                &mut unused_x,
+                want_x,
+                move |body: Bytes| x_tpl.build_with(body),
+                expect_token(false),
+                async |n| {
+                    let started = Instant::now();
+                    let more =
+                        sign_id_tokens(&idp.signer, n, |tok| Bytes::from(exchange_form(tok))).await;
+                    let _ = write!(
+                        note,
+                        "; {n} more signed in {:.1} s for a second attempt",
+                        started.elapsed().as_secs_f64()
+                    );
+                    more
+                },
+            )
+            .await;
+        drop(unused_x);
+        signed_notes.push(note);
+
+        // ---- ext_authz of the IdP's tokens on the trusted rule.
+        let (trusted_cached, _) = bench
+            .measure(|| {
+                bench.http(
+                    "ext_authz HTTP trusted cached",
+                    t.http,
+                    tpid,
+                    bench.phase(),
+                    fixed(trusted_tpl.clone()),
+                    expect_status(StatusCode::OK),
+                )
+            })
+            .await;
+        let bearer_of = |tok: &str| HeaderValue::try_from(format!("Bearer {tok}")).expect("header");
+        let started = Instant::now();
+        eprintln!("bench: signing {want} ID tokens for the first-seen trusted ext_authz run (untimed)");
+        let mut unused_t: Vec<HeaderValue> = sign_id_tokens(&idp.signer, want, bearer_of).await;
+        let mut note = format!(
+            "{want} ID tokens for the first-seen trusted ext_authz run ({IDP_USERS} people), signed by the bench IdP before it in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        let tt_tpl = Template::new(Method::GET, t.http, TRUSTED_CHECK);
+        let trusted_first = bench
+            .first_seen(
+                "ext_authz HTTP trusted first-seen",
+                t.http,
+                tpid,
+                &mut unused_t,
+                want,
+                move |v: HeaderValue| {
+                    let mut r = tt_tpl.build();
+                    r.headers_mut().insert(header::AUTHORIZATION, v);
+                    r
+                },
+                expect_status(StatusCode::OK),
+                async |n| {
+                    let started = Instant::now();
+                    let more = sign_id_tokens(&idp.signer, n, bearer_of).await;
+                    let _ = write!(
+                        note,
+                        "; {n} more signed in {:.1} s for a second attempt",
+                        started.elapsed().as_secs_f64()
+                    );
+                    more
+                },
+            )
+            .await;
+        drop(unused_t);
+        signed_notes.push(note);
+        let (discovery, jwks) = idp.fetches();
+        let idp_note = format!(
+            "the bench IdP ({}) answered {discovery} discovery and {jwks} JWKS requests in the whole run (its JWKS says Cache-Control: max-age=3600)",
+            idp.issuer()
+        );
+
         Ok(Results {
             json,
             mint,
@@ -1468,8 +1834,15 @@ async fn run(opts: Opts) -> anyhow::Result<Results> {
             first_seen,
             grpc,
             introspect,
+            exchange,
+            exchange_first,
+            trusted_cached,
+            trusted_first,
             token_bytes: token.len(),
+            id_token_bytes: id_token.len(),
             minted_note,
+            signed_notes,
+            idp_note,
             quiet,
         })
     }
@@ -1485,6 +1858,7 @@ async fn run(opts: Opts) -> anyhow::Result<Results> {
     }
     drop(tessera);
     drop(ceiling);
+    drop(idp);
     if let Some(schema) = schema {
         if std::env::var("BENCH_KEEP_SCHEMA").is_err() {
             if let Err(e) = drop_schema(&opts.pg_url, &schema).await {
@@ -1615,12 +1989,13 @@ fn report(opts: &Opts, r: &Results) -> String {
     );
     let _ = writeln!(
         md,
-        "- store: {} · Tessera token {} bytes (ES256, TTL 1h) · command: `benches/run.sh` (`cargo bench --bench load -- --store {} --seconds {} --concurrency {}`, the stores one after another in one process)\n",
+        "- store: {} · Tessera token {} bytes (ES256, TTL 1h) · IdP ID token {} bytes (ES256, kid {IDP_KID}) · command: `benches/run.sh` (`cargo bench --bench load -- --store {} --seconds {} --concurrency {}`, the stores one after another in one process)\n",
         match opts.store {
             StoreKind::Sqlite => "SQLite (file in a temp dir)".to_string(),
             StoreKind::Postgres => "Postgres 127.0.0.1:5432, fresh schema".to_string(),
         },
         r.token_bytes,
+        r.id_token_bytes,
         opts.stores_arg(),
         opts.seconds,
         opts.concurrency
@@ -1630,7 +2005,7 @@ fn report(opts: &Opts, r: &Results) -> String {
         "| scenario | req/s | p50 ms | p99 ms | errors | vs ceiling | target | met |"
     );
     let _ = writeln!(md, "|---|---:|---:|---:|---:|---|---|---|");
-    let rows: [Row; 9] = [
+    let rows: [Row; 13] = [
         (&r.json, None),
         (&r.mint, None),
         (&r.verify, None),
@@ -1690,6 +2065,50 @@ fn report(opts: &Opts, r: &Results) -> String {
                 },
             )),
         ),
+        (
+            &r.exchange,
+            Some((
+                &r.mint,
+                "bare mint",
+                Target {
+                    min_ratio: 0.0,
+                    max_p99: None,
+                },
+            )),
+        ),
+        (
+            &r.exchange_first,
+            Some((
+                &r.mint,
+                "bare mint",
+                Target {
+                    min_ratio: 0.0,
+                    max_p99: None,
+                },
+            )),
+        ),
+        (
+            &r.trusted_cached,
+            Some((
+                &r.json,
+                "bare JSON",
+                Target {
+                    min_ratio: 0.5,
+                    max_p99: Some(2.0),
+                },
+            )),
+        ),
+        (
+            &r.trusted_first,
+            Some((
+                &r.verify,
+                "bare verify",
+                Target {
+                    min_ratio: 0.7,
+                    max_p99: None,
+                },
+            )),
+        ),
     ];
     for (s, vs) in &rows {
         let (ratio, target, met) = match vs {
@@ -1698,12 +2117,28 @@ fn report(opts: &Opts, r: &Results) -> String {
                 let ratio = s.rps() / c.rps().max(1e-9);
                 let p99x = s.p99_ms / c.p99_ms.max(1e-9);
                 let mut text = format!("{:.0}% of {cname} req/s, p99 {:.2}×", ratio * 100.0, p99x);
-                if std::ptr::eq(*s, &r.grpc) {
+                // Comparisons for information, in the same cell.
+                let also: &[(&Stats, &str)] = if std::ptr::eq(*s, &r.grpc) {
+                    &[(&r.grpc_ceiling, "bare gRPC")]
+                } else if std::ptr::eq(*s, &r.exchange) {
+                    &[(&r.issue, "client_credentials")]
+                } else if std::ptr::eq(*s, &r.exchange_first) {
+                    &[(&r.issue, "client_credentials"), (&r.verify, "bare verify")]
+                } else if std::ptr::eq(*s, &r.trusted_cached) {
+                    &[(&r.cached, "own-token cached")]
+                } else if std::ptr::eq(*s, &r.trusted_first) {
+                    &[(&r.first_seen, "own-token first-seen")]
+                } else {
+                    &[]
+                };
+                for (i, (o, oname)) in also.iter().enumerate() {
                     let _ = write!(
                         text,
-                        " (vs bare gRPC: {:.0}%, p99 {:.2}×)",
-                        s.rps() / r.grpc_ceiling.rps().max(1e-9) * 100.0,
-                        s.p99_ms / r.grpc_ceiling.p99_ms.max(1e-9)
+                        "{}vs {oname}: {:.0}%, p99 {:.2}×{}",
+                        if i == 0 { " (" } else { "; " },
+                        s.rps() / o.rps().max(1e-9) * 100.0,
+                        s.p99_ms / o.p99_ms.max(1e-9),
+                        if i + 1 == also.len() { ")" } else { "" }
                     );
                 }
                 if t.min_ratio == 0.0 {
@@ -1776,6 +2211,10 @@ fn report(opts: &Opts, r: &Results) -> String {
     }
     let _ = writeln!(md, "\nNotes:\n");
     let _ = writeln!(md, "- {}.", r.minted_note);
+    for n in &r.signed_notes {
+        let _ = writeln!(md, "- {n}.");
+    }
+    let _ = writeln!(md, "- {}.", r.idp_note);
     for (s, _) in &rows {
         if let Some(n) = &s.note {
             let _ = writeln!(md, "- {}: {n}.", s.name);
@@ -1792,6 +2231,202 @@ fn report(opts: &Opts, r: &Results) -> String {
         }
     }
     md
+}
+
+// ------------------------------------------------------------ the bench IdP
+
+/// Signs the bench IdP's ID tokens; shared by the signing threads.
+struct IdpSigner {
+    issuer: String,
+    key: EcdsaKeyPair,
+    rng: SystemRandom,
+    /// The encoded JWS header, the same for every token.
+    header: String,
+}
+
+#[derive(Serialize)]
+struct IdClaims<'a> {
+    iss: &'a str,
+    sub: &'a str,
+    aud: &'a str,
+    iat: i64,
+    exp: i64,
+    nonce: &'a str,
+    tenant: &'a str,
+    groups: [&'a str; 1],
+}
+
+impl IdpSigner {
+    /// An OIDC ID token for `user-NNNN`, valid for an hour. The nonce is
+    /// random, so no two tokens are alike even for the same person.
+    fn id_token(&self, user: usize, now: i64) -> String {
+        let mut nonce = [0u8; 12];
+        self.rng.fill(&mut nonce).expect("rng");
+        let nonce = B64.encode(nonce);
+        let sub = format!("user-{user:04}");
+        let claims = IdClaims {
+            iss: &self.issuer,
+            sub: &sub,
+            aud: IDP_AUDIENCE,
+            iat: now,
+            exp: now + 3600,
+            nonce: &nonce,
+            tenant: "acme",
+            groups: ["analysts"],
+        };
+        let mut token = String::with_capacity(512);
+        token.push_str(&self.header);
+        token.push('.');
+        token.push_str(&B64.encode(serde_json::to_vec(&claims).expect("json")));
+        let sig = self.key.sign(&self.rng, token.as_bytes()).expect("sign");
+        token.push('.');
+        token.push_str(&B64.encode(sig.as_ref()));
+        token
+    }
+}
+
+/// `n` distinct ID tokens for users 0, 1, … (cycling over `IDP_USERS`),
+/// signed on every core and handed to `map` (untimed, outside any window).
+async fn sign_id_tokens<T: Send + 'static>(
+    signer: &Arc<IdpSigner>,
+    n: usize,
+    map: fn(&str) -> T,
+) -> Vec<T> {
+    let signer = signer.clone();
+    tokio::task::spawn_blocking(move || {
+        let now = unix_now();
+        let threads = nproc();
+        let per = n.div_ceil(threads);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..threads)
+                .map(|t| {
+                    let signer = &signer;
+                    scope.spawn(move || {
+                        (t * per..((t + 1) * per).min(n))
+                            .map(|i| map(&signer.id_token(i % IDP_USERS, now)))
+                            .collect::<Vec<T>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().expect("signing thread"))
+                .collect()
+        })
+    })
+    .await
+    .expect("signing task")
+}
+
+#[derive(Clone)]
+struct IdpState {
+    discovery: Arc<serde_json::Value>,
+    jwks: Arc<serde_json::Value>,
+    discovery_fetches: Arc<AtomicUsize>,
+    jwks_fetches: Arc<AtomicUsize>,
+}
+
+/// A tiny OpenID provider on 127.0.0.1, inside the bench process: its
+/// discovery document and one ES256 key, which Tessera fetches and caches.
+/// It stops listening when dropped (and, at the latest, with the bench).
+struct Idp {
+    signer: Arc<IdpSigner>,
+    state: IdpState,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Idp {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Idp {
+    fn issuer(&self) -> &str {
+        &self.signer.issuer
+    }
+
+    /// (discovery, JWKS) requests answered so far.
+    fn fetches(&self) -> (usize, usize) {
+        (
+            self.state.discovery_fetches.load(Ordering::Relaxed),
+            self.state.jwks_fetches.load(Ordering::Relaxed),
+        )
+    }
+}
+
+async fn idp_discovery(State(s): State<IdpState>) -> impl IntoResponse {
+    s.discovery_fetches.fetch_add(1, Ordering::Relaxed);
+    Json(s.discovery.as_ref().clone())
+}
+
+async fn idp_jwks(State(s): State<IdpState>) -> impl IntoResponse {
+    s.jwks_fetches.fetch_add(1, Ordering::Relaxed);
+    (
+        [(header::CACHE_CONTROL, "max-age=3600")],
+        Json(s.jwks.as_ref().clone()),
+    )
+}
+
+async fn start_idp() -> anyhow::Result<Idp> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+    let issuer = format!("http://{}", listener.local_addr()?);
+    let rng = SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+        .map_err(|_| anyhow!("IdP keygen"))?;
+    let key = EcdsaKeyPair::from_pkcs8(
+        &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        pkcs8.as_ref(),
+        &rng,
+    )
+    .map_err(|_| anyhow!("IdP key"))?;
+    // Uncompressed point: 0x04 || x || y.
+    let public = key.public_key().as_ref();
+    let jwk = serde_json::json!({
+        "kty": "EC",
+        "crv": "P-256",
+        "x": B64.encode(&public[1..33]),
+        "y": B64.encode(&public[33..65]),
+        "kid": IDP_KID,
+        "alg": "ES256",
+        "use": "sig",
+    });
+    let state = IdpState {
+        discovery: Arc::new(serde_json::json!({
+            "issuer": issuer,
+            "jwks_uri": format!("{issuer}/jwks"),
+        })),
+        jwks: Arc::new(serde_json::json!({ "keys": [jwk] })),
+        discovery_fetches: Arc::new(AtomicUsize::new(0)),
+        jwks_fetches: Arc::new(AtomicUsize::new(0)),
+    };
+    let header = B64.encode(
+        serde_json::to_vec(&CeilingHeader {
+            alg: "ES256",
+            typ: "JWT",
+            kid: IDP_KID,
+        })
+        .expect("json"),
+    );
+    let app = Router::new()
+        .route("/.well-known/openid-configuration", get(idp_discovery))
+        .route("/jwks", get(idp_jwks))
+        .with_state(state.clone());
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            eprintln!("bench: IdP server: {e}");
+        }
+    });
+    Ok(Idp {
+        signer: Arc::new(IdpSigner {
+            issuer,
+            key,
+            rng,
+            header,
+        }),
+        state,
+        task,
+    })
 }
 
 // ------------------------------------------------------ the ceiling server
@@ -2009,8 +2644,9 @@ fn main() {
     // Watchdog: the whole run is bounded even if something hangs.
     let per = opts.warmup + opts.seconds + REQUEST_TIMEOUT.as_secs_f64() + 5.0;
     let quiet_wait: f64 = env_or("BENCH_QUIET_WAIT", 60.0).unwrap_or(60.0);
+    // 13 scenarios, the untimed minting and signing, and the retries.
     let per_store =
-        120.0 + quiet_wait + 10.0 * per + 2.0 * MINT_BUDGET.as_secs_f64() + retry_budget(&opts);
+        180.0 + quiet_wait + 14.0 * per + 2.0 * MINT_BUDGET.as_secs_f64() + retry_budget(&opts);
     let budget = Duration::from_secs_f64(per_store * opts.stores.len() as f64);
     std::thread::spawn(move || {
         std::thread::sleep(budget);
