@@ -59,6 +59,20 @@ pub enum Command {
     /// AWS helpers.
     #[command(subcommand)]
     Aws(AwsCommand),
+    /// Keep Lake Formation permissions in step with the datasets.
+    #[command(subcommand)]
+    Lakeformation(LakeformationCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LakeformationCommand {
+    /// Grant what each dataset's role lacks on its table, revoke what it
+    /// holds beyond the dataset's permissions; prints the plan.
+    Sync {
+        /// Print the plan without changing anything.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -124,11 +138,15 @@ pub struct DatasetArgs {
 pub enum DatasetCommand {
     Create(DatasetArgs),
     List,
-    Show { id: String },
+    Show {
+        id: String,
+    },
     /// Replace a dataset's fields.
     Update(DatasetArgs),
     /// Delete a dataset and its grants.
-    Delete { id: String },
+    Delete {
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -157,7 +175,9 @@ pub enum GrantCommand {
         #[arg(long)]
         dataset: Option<String>,
     },
-    Revoke { id: String },
+    Revoke {
+        id: String,
+    },
 }
 
 fn parse_permission(s: &str) -> Result<Permission, String> {
@@ -346,6 +366,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             let store = connect(&config).await?;
             grant(store.as_ref(), clock.now(), cmd).await
         }
+        Command::Lakeformation(LakeformationCommand::Sync { dry_run }) => {
+            let store = connect(&config).await?;
+            let audit = crate::audit::AuditLog::spawn(store.clone(), config.audit.batch_max);
+            let lf = crate::aws::lakeformation::AwsLakeFormation::new(&config.aws).await;
+            let datasets = store.list_datasets().await?;
+            let report =
+                crate::data::sync::run(&datasets, &lf, &audit, dry_run, clock.now_millis()).await?;
+            print(serde_json::to_value(report)?);
+            Ok(0)
+        }
         Command::Aws(AwsCommand::CredentialProcess {
             dataset,
             purpose,
@@ -358,9 +388,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             let token = match token_file {
                 Some(path) => std::fs::read_to_string(&path)
                     .with_context(|| format!("cannot read {}", path.display()))?,
-                None => std::env::var("TESSERA_SUBJECT_TOKEN").context(
-                    "no token: pass --token-file or set TESSERA_SUBJECT_TOKEN",
-                )?,
+                None => std::env::var("TESSERA_SUBJECT_TOKEN")
+                    .context("no token: pass --token-file or set TESSERA_SUBJECT_TOKEN")?,
             };
             let secret = std::env::var("TESSERA_CLIENT_SECRET")
                 .context("set TESSERA_CLIENT_SECRET to the data product's client secret")?;
@@ -681,9 +710,9 @@ async fn grant(store: &dyn Store, now: i64, cmd: GrantCommand) -> anyhow::Result
             .await?;
             print(serde_json::to_value(g)?);
         }
-        GrantCommand::List { dataset } => {
-            print(serde_json::to_value(store.grants(dataset.as_deref()).await?)?)
-        }
+        GrantCommand::List { dataset } => print(serde_json::to_value(
+            store.grants(dataset.as_deref()).await?,
+        )?),
         GrantCommand::Revoke { id } => {
             if !store.remove_grant(&id).await? {
                 bail!("no grant {id:?}");
@@ -706,9 +735,15 @@ async fn credential_process(
     purpose: &str,
 ) -> anyhow::Result<serde_json::Value> {
     let subject_type = format!("urn:ietf:params:oauth:token-type:{token_type}");
-    let resource = format!("{}{dataset}", crate::oauth::grants::aws_credentials::DATASET_URN);
+    let resource = format!(
+        "{}{dataset}",
+        crate::oauth::grants::aws_credentials::DATASET_URN
+    );
     let form = [
-        ("grant_type", crate::oauth::grants::token_exchange::GRANT_TYPE),
+        (
+            "grant_type",
+            crate::oauth::grants::token_exchange::GRANT_TYPE,
+        ),
         ("subject_token", token),
         ("subject_token_type", &subject_type),
         (

@@ -135,6 +135,32 @@ fn spawn_background(app: &AppState) -> Vec<JoinHandle<()>> {
             }
         }
     }));
+    if let Some(every) = app.config.aws.lakeformation_sync_interval {
+        let lf_app = app.clone();
+        tasks.push(tokio::spawn(async move {
+            let lf = crate::aws::lakeformation::AwsLakeFormation::new(&lf_app.config.aws).await;
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let synced = async {
+                    let datasets = lf_app.store.list_datasets().await?;
+                    crate::data::sync::run(
+                        &datasets,
+                        &lf,
+                        &lf_app.audit,
+                        false,
+                        lf_app.clock.now_millis(),
+                    )
+                    .await
+                }
+                .await;
+                if let Err(e) = synced {
+                    tracing::warn!(error = %e, "Lake Formation sync failed; will retry");
+                }
+            }
+        }));
+    }
     let purge = app.clone();
     tasks.push(tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));

@@ -43,6 +43,8 @@ pub enum Event {
     Introspection,
     Revocation,
     ExtAuthz,
+    /// A Lake Formation grant or revoke made to match the registry.
+    LakeFormationSync,
 }
 
 impl Event {
@@ -54,6 +56,7 @@ impl Event {
             Event::Introspection => "introspection",
             Event::Revocation => "revocation",
             Event::ExtAuthz => "ext_authz",
+            Event::LakeFormationSync => "lakeformation_sync",
         }
     }
 }

@@ -6,6 +6,8 @@
 //! [`authorize`], serves the `/data/*` routes of ext_authz and the exchange
 //! for cloud credentials, over an in-memory snapshot of the registry.
 
+pub mod sync;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
