@@ -277,7 +277,10 @@ fn check_dataset(new: &NewDataset) -> anyhow::Result<()> {
         (Some(t), None) => check_label("Glue table", t)?,
         (None, Some(serde_json::Value::Array(terms))) if !terms.is_empty() => {
             for term in terms {
-                let key_ok = term.get("key").and_then(|k| k.as_str()).is_some_and(|k| !k.is_empty());
+                let key_ok = term
+                    .get("key")
+                    .and_then(|k| k.as_str())
+                    .is_some_and(|k| !k.is_empty());
                 let values_ok = term
                     .get("values")
                     .and_then(|v| v.as_array())

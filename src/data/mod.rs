@@ -204,7 +204,10 @@ pub fn authorize<'s>(
                 closest = DataDenial::PermissionNotGranted;
             }
         } else if !g.purposes.is_empty() && !g.purposes.contains(&purpose) {
-            if matches!(closest, DataDenial::NoGrant | DataDenial::PermissionNotGranted) {
+            if matches!(
+                closest,
+                DataDenial::NoGrant | DataDenial::PermissionNotGranted
+            ) {
                 closest = DataDenial::PurposeNotGranted;
             }
         } else if !g.is_live(now) {
@@ -252,7 +255,13 @@ mod tests {
         }
     }
 
-    fn grant(kind: Grantee, who: &str, p: Permission, purposes: &[&str], exp: Option<i64>) -> DatasetGrant {
+    fn grant(
+        kind: Grantee,
+        who: &str,
+        p: Permission,
+        purposes: &[&str],
+        exp: Option<i64>,
+    ) -> DatasetGrant {
         DatasetGrant {
             id: who.into(),
             dataset_id: "sales.orders".into(),
@@ -313,20 +322,44 @@ mod tests {
                 .map_err(|d| d.code())
         };
         let alice = person("alice", "acme", &[]);
-        assert_eq!(code(&alice, Read, Some("analytics"), 10), Ok("analytics".into()));
-        assert_eq!(code(&alice, Write, Some("analytics"), 10), Err("permission_not_granted"));
-        assert_eq!(code(&alice, Read, Some("billing"), 10), Ok("billing".into()));
-        assert_eq!(code(&alice, Read, Some("billing"), 60), Err("grant_expired"));
-        assert_eq!(code(&alice, Read, Some("marketing"), 10), Err("purpose_not_allowed"));
+        assert_eq!(
+            code(&alice, Read, Some("analytics"), 10),
+            Ok("analytics".into())
+        );
+        assert_eq!(
+            code(&alice, Write, Some("analytics"), 10),
+            Err("permission_not_granted")
+        );
+        assert_eq!(
+            code(&alice, Read, Some("billing"), 10),
+            Ok("billing".into())
+        );
+        assert_eq!(
+            code(&alice, Read, Some("billing"), 60),
+            Err("grant_expired")
+        );
+        assert_eq!(
+            code(&alice, Read, Some("marketing"), 10),
+            Err("purpose_not_allowed")
+        );
         assert_eq!(code(&alice, Read, None, 10), Err("purpose_required"));
         let bob = person("bob", "acme", &["finance"]);
         assert_eq!(code(&bob, Write, Some("billing"), 60), Ok("billing".into()));
-        assert_eq!(code(&bob, Read, Some("analytics"), 60), Ok("analytics".into()));
+        assert_eq!(
+            code(&bob, Read, Some("analytics"), 60),
+            Ok("analytics".into())
+        );
         let eve = person("eve", "other", &["finance"]);
         assert_eq!(code(&eve, Read, Some("analytics"), 10), Err("other_tenant"));
         let carol = person("carol", "acme", &[]);
-        assert_eq!(code(&carol, Read, Some("analytics"), 10), Err("purpose_not_granted"));
-        assert_eq!(code(&carol, Read, Some("billing"), 60), Err("grant_expired"));
+        assert_eq!(
+            code(&carol, Read, Some("analytics"), 10),
+            Err("purpose_not_granted")
+        );
+        assert_eq!(
+            code(&carol, Read, Some("billing"), 60),
+            Err("grant_expired")
+        );
         let only_alice = snapshot(vec![grant(Grantee::User, "alice", Read, &[], None)]);
         assert_eq!(
             authorize(&only_alice, &carol, None, ask(Read, Some("analytics")), 10)
@@ -341,7 +374,13 @@ mod tests {
 
     #[test]
     fn an_acting_client_needs_its_own_delegation_for_the_dataset() {
-        let snap = snapshot(vec![grant(Grantee::User, "alice", Permission::Write, &[], None)]);
+        let snap = snapshot(vec![grant(
+            Grantee::User,
+            "alice",
+            Permission::Write,
+            &[],
+            None,
+        )]);
         let alice = person("alice", "acme", &[]);
         let delegation = |datasets: &[&str], permissions: Vec<Permission>| Delegation {
             id: "d".into(),
@@ -369,7 +408,10 @@ mod tests {
         };
         assert_eq!(decide(actor(read_only), Permission::Read), Ok(()));
         // The user may write; the product may only read for users.
-        assert_eq!(decide(actor(read_only), Permission::Write), Err("no_delegation"));
+        assert_eq!(
+            decide(actor(read_only), Permission::Write),
+            Err("no_delegation")
+        );
         assert_eq!(decide(actor(other), Permission::Read), Err("no_delegation"));
     }
 }

@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use super::{PURPOSE_HEADER, check, CheckRequest, CheckResponse};
+use super::{check, CheckRequest, CheckResponse, PURPOSE_HEADER};
 use crate::app::AppState;
 use crate::http::request_id;
 

@@ -15,10 +15,10 @@ use crate::app::App;
 use crate::audit::{AuditRecord, Decision, Event, RequestMeta};
 use crate::data::{authorize, Actor, DataDenial, DataRequest};
 use crate::issuer::{TokenError, VerifiedToken};
-use crate::policy::Rule;
-use crate::store::Permission;
 use crate::oauth::describe_token;
+use crate::policy::Rule;
 use crate::policy::{canonical_path, decide, AuditLevel, Denial};
+use crate::store::Permission;
 
 /// The parts of the original request the decision depends on.
 #[derive(Debug)]

@@ -120,6 +120,16 @@ macro_rules! sql_store {
                 })
             }
 
+            /// Deletes the row `sql` names by `key` and bumps the registry
+            /// version, in one transaction; false when there was no row.
+            async fn delete_bumping(&self, sql: &'static str, key: &str) -> anyhow::Result<bool> {
+                let mut tx = self.pool.begin().await?;
+                let done = sqlx::query(sql).bind(key).execute(&mut *tx).await?;
+                sqlx::query(BUMP_REGISTRY).execute(&mut *tx).await?;
+                tx.commit().await?;
+                Ok(done.rows_affected() == 1)
+            }
+
             fn delegation_from_row(row: &$row) -> anyhow::Result<Delegation> {
                 Ok(Delegation {
                     id: row.try_get("id")?,
@@ -351,11 +361,7 @@ macro_rules! sql_store {
             }
 
             async fn remove_delegation(&self, id: &str) -> anyhow::Result<bool> {
-                let mut tx = self.pool.begin().await?;
-                let done = sqlx::query("DELETE FROM delegations WHERE id = $1").bind(id).execute(&mut *tx).await?;
-                sqlx::query(BUMP_REGISTRY).execute(&mut *tx).await?;
-                tx.commit().await?;
-                Ok(done.rows_affected() == 1)
+                self.delete_bumping("DELETE FROM delegations WHERE id = $1", id).await
             }
 
             async fn bind_workload(&self, b: &WorkloadBinding) -> anyhow::Result<()> {
@@ -508,11 +514,7 @@ macro_rules! sql_store {
             }
 
             async fn remove_grant(&self, id: &str) -> anyhow::Result<bool> {
-                let mut tx = self.pool.begin().await?;
-                let done = sqlx::query("DELETE FROM dataset_grants WHERE id = $1").bind(id).execute(&mut *tx).await?;
-                sqlx::query(BUMP_REGISTRY).execute(&mut *tx).await?;
-                tx.commit().await?;
-                Ok(done.rows_affected() == 1)
+                self.delete_bumping("DELETE FROM dataset_grants WHERE id = $1", id).await
             }
         }
 

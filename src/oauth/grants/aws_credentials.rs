@@ -75,10 +75,9 @@ impl CredentialParams {
         let duration = p
             .get("expires_in")
             .map(|d| {
-                d.parse::<i64>()
-                    .ok()
-                    .filter(|d| *d > 0)
-                    .ok_or_else(|| OAuthError::invalid_request("expires_in must be a number of seconds"))
+                d.parse::<i64>().ok().filter(|d| *d > 0).ok_or_else(|| {
+                    OAuthError::invalid_request("expires_in must be a number of seconds")
+                })
             })
             .transpose()?;
         Ok(Self {
@@ -122,10 +121,13 @@ pub struct CredentialCache {
 const CACHE_CAPACITY: usize = 10_000;
 
 impl CredentialCache {
-    fn get(&self, key: &Binding, now: i64, margin: i64) -> Option<IssuedCredentials> {
+    /// Fresh credentials for `key` that expire after `now + margin` but no
+    /// later than `latest` (never longer-lived than this request asked).
+    fn get(&self, key: &Binding, now: i64, margin: i64, latest: i64) -> Option<IssuedCredentials> {
         let mut map = self.entries.lock();
         match map.get(key) {
-            Some(c) if c.expiration - now > margin => Some(c.clone()),
+            Some(c) if c.expiration - now > margin && c.expiration <= latest => Some(c.clone()),
+            Some(c) if c.expiration - now > margin => None,
             Some(_) => {
                 map.remove(key);
                 None
@@ -215,7 +217,10 @@ pub async fn issue(
     let transitive: Vec<String> = TAG_KEYS.iter().map(|k| k.to_string()).collect();
     let account = session::account_of_role_arn(&dataset.role_arn)
         .ok_or_else(|| {
-            OAuthError::CloudDenied("role_arn_invalid", "the dataset's role ARN is not valid".into())
+            OAuthError::CloudDenied(
+                "role_arn_invalid",
+                "the dataset's role ARN is not valid".into(),
+            )
         })?
         .to_string();
     let scope = DatasetScope {
@@ -253,16 +258,17 @@ pub async fn issue(
         purpose,
         role_arn: dataset.role_arn.clone(),
     };
-    let margin = app.config.aws.credential_reuse_margin.map(|m| m.as_secs() as i64);
-    let reused = margin.and_then(|m| app.credentials.get(&binding, now, m));
+    let margin = app
+        .config
+        .aws
+        .credential_reuse_margin
+        .map(|m| m.as_secs() as i64);
+    let latest = now + i64::from(request.duration_secs);
+    let reused = margin.and_then(|m| app.credentials.get(&binding, now, m, latest));
     let (creds, how) = match reused {
         Some(c) => (c, "reused"),
         None => {
-            let c = app
-                .broker
-                .assume_role(&request)
-                .await
-                .map_err(sts_error)?;
+            let c = app.broker.assume_role(&request).await.map_err(sts_error)?;
             if margin.is_some() {
                 app.credentials.put(binding, c.clone(), now);
             }

@@ -23,8 +23,8 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use super::client_credentials::{self, issue_service_token};
 use super::aws_credentials::{self, CredentialParams, AWS_CREDENTIALS};
+use super::client_credentials::{self, issue_service_token};
 use super::{parse_scope, parse_targets, TokenResponse};
 use crate::app::App;
 use crate::audit::AuditRecord;
@@ -115,19 +115,18 @@ impl Params {
         };
         let scope = p.get("scope").map(parse_scope).transpose()?;
         let targets = parse_targets(p)?;
-        let (requested, aws) = match p.get("requested_token_type") {
-            None | Some(ACCESS_TOKEN) => (TokenType::AccessToken, None),
-            Some(JWT) => (TokenType::Jwt, None),
-            Some(AWS_CREDENTIALS) => (
-                TokenType::AccessToken,
-                Some(CredentialParams::parse(p, &targets, scope.as_deref())?),
-            ),
-            Some(_) => {
-                return Err(OAuthError::invalid_request(
+        let (requested, aws) =
+            match p.get("requested_token_type") {
+                None | Some(ACCESS_TOKEN) => (TokenType::AccessToken, None),
+                Some(JWT) => (TokenType::Jwt, None),
+                Some(AWS_CREDENTIALS) => (
+                    TokenType::AccessToken,
+                    Some(CredentialParams::parse(p, &targets, scope.as_deref())?),
+                ),
+                Some(_) => return Err(OAuthError::invalid_request(
                     "requested_token_type is not supported (access_token, jwt or aws-credentials)",
-                ))
-            }
-        };
+                )),
+            };
         Ok(Self {
             subject_token,
             subject_token_type,
