@@ -98,9 +98,12 @@ async fn check_data(
         ),
         None => None,
     };
-    let delegations = acting
-        .as_ref()
-        .map(|c| c.as_ref().map_or(&[][..], |c| &c.delegations[..]));
+    // An unknown or disabled acting client holds no delegation.
+    let delegations = acting.as_ref().map(|c| {
+        c.as_ref()
+            .filter(|c| !c.client.disabled)
+            .map_or(&[][..], |c| &c.delegations[..])
+    });
     let actor = delegations.map(|d| Actor {
         client_id: &claims.client_id,
         delegations: d,
@@ -272,6 +275,15 @@ pub async fn check(app: &App, req: CheckRequest<'_>) -> CheckResponse {
                 .collect();
             if let Some(auth) = req.authorization {
                 headers.push(("authorization".into(), auth.to_string()));
+            }
+            // Every value must be a valid header value for both adapters;
+            // refuse rather than hand Envoy something it would mangle.
+            if headers
+                .iter()
+                .any(|(_, v)| v.bytes().any(|b| b < 0x20 && b != b'\t' || b == 0x7f))
+            {
+                tracing::error!("denying: an identity header value is not a valid header value");
+                return unavailable();
             }
             CheckResponse::Allow { headers }
         }

@@ -81,6 +81,8 @@ pub enum TokenError {
     MissingClaim,
     #[error("token audience is not accepted")]
     WrongAudience,
+    #[error("token stands for an application, not a person")]
+    NotAPerson,
 }
 
 impl TokenError {
@@ -102,6 +104,7 @@ impl TokenError {
             TokenError::TooOld => "token_too_old",
             TokenError::MissingClaim => "missing_claim",
             TokenError::WrongAudience => "wrong_audience",
+            TokenError::NotAPerson => "not_a_person",
         }
     }
 }

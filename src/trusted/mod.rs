@@ -112,6 +112,35 @@ impl std::fmt::Debug for TrustedIssuers {
     }
 }
 
+/// An IdP's token for an application rather than a person: Azure AD's
+/// `idtyp: app`, or a client-credentials token whose subject is the client
+/// itself (Keycloak service accounts, Okta, Auth0 `…@clients`).
+fn is_app_only(claims: &Map<String, Value>, subject: &str) -> bool {
+    claims.get("idtyp").and_then(Value::as_str) == Some("app")
+        || ["azp", "client_id"]
+            .iter()
+            .any(|c| claims.get(*c).and_then(Value::as_str) == Some(subject))
+}
+
+/// An upstream `act` chain with every `sub` cleaned and namespaced; at
+/// most 16 deep, anything malformed dropped.
+fn upstream_act(
+    act: Option<&Value>,
+    foreign: &dyn Fn(String) -> String,
+    depth: usize,
+) -> Option<Value> {
+    let act = act?.as_object()?;
+    if depth >= 16 {
+        return None;
+    }
+    let sub = plain(act.get("sub"))?;
+    let mut out = serde_json::json!({ "sub": foreign(sub) });
+    if let Some(inner) = upstream_act(act.get("act"), foreign, depth + 1) {
+        out["act"] = inner;
+    }
+    Some(out)
+}
+
 impl TrustedIssuers {
     pub fn load(
         configs: &[TrustedIssuerConfig],
@@ -226,6 +255,9 @@ impl TrustedIssuers {
             return Err(TokenError::MissingClaim);
         }
         let subject = plain(claims.get(&cfg.claims.subject)).ok_or(TokenError::MissingClaim)?;
+        if cfg.kind == TrustedKind::Human && is_app_only(&claims, &subject) {
+            return Err(TokenError::NotAPerson);
+        }
         // A person must belong to a tenant. A workload's tenant is its bound
         // client's wherever it gets a token; a token taken directly at a
         // route may have none (and then fails any `tenants` allow-list).
@@ -253,7 +285,11 @@ impl TrustedIssuers {
                 scopes.extend(extra.iter().cloned());
             }
         }
-        let act = claims.get("act").filter(|a| a.is_object()).cloned();
+        // Client ids and actors named by the IdP are the IdP's, not Tessera
+        // clients: they are namespaced by the issuer's name, so they can
+        // never match a Tessera client id, allow-list or delegation.
+        let foreign = |id: String| format!("{}:{id}", cfg.name);
+        let act = upstream_act(claims.get("act"), &foreign, 0);
         let form = TokenForm::classify(parsed.header.typ.as_deref(), &claims);
         let mapped = AccessClaims {
             iss: cfg.issuer.clone(),
@@ -265,6 +301,7 @@ impl TrustedIssuers {
             jti: plain(claims.get("jti")).unwrap_or_default(),
             client_id: plain(claims.get("client_id"))
                 .or_else(|| plain(claims.get("azp")))
+                .map(foreign)
                 .unwrap_or_default(),
             scope: scopes.into_iter().collect::<Vec<_>>().join(" "),
             principal: match cfg.kind {

@@ -219,7 +219,7 @@ async fn a_person_with_a_grant_gets_credentials_bound_to_them_and_the_issue_is_a
     dataset(&t, sales_orders(DS, &role, &["analytics"])).await;
     user_grant(&t, DS, "alice", Permission::Read, &["analytics"], None).await;
     let (id, secret) = product(&t, &[DS], &[Permission::Read]).await;
-    let alice = t.human_token("alice", "api", "");
+    let alice = person_token(&t, "alice");
 
     let r = credentials(&t, (&id, &secret), &alice, &[]).await;
     assert_eq!(r.status, 200, "{}", r.text);
@@ -339,7 +339,7 @@ async fn the_asked_duration_is_clamped_to_aws_minimum_and_the_dataset_maximum() 
     dataset(&t, sales_orders(DS, &role, &["analytics"])).await;
     user_grant(&t, DS, "alice", Permission::Read, &["analytics"], None).await;
     let (id, secret) = product(&t, &[DS], &[Permission::Read]).await;
-    let alice = t.human_token("alice", "api", "");
+    let alice = person_token(&t, "alice");
 
     for (asked, sent) in [("600", 900), ("7200", 3600), ("1800", 1800)] {
         let r = credentials(&t, (&id, &secret), &alice, &[("expires_in", asked)]).await;
@@ -388,8 +388,8 @@ async fn refusals_name_their_reason_and_nothing_is_sent_to_sts() {
     // Delegated read and write, so the person's grant decides the permission.
     let prod = product(&t, &[DS], &[Permission::Read, Permission::Write]).await;
     let p = (prod.0.as_str(), prod.1.as_str());
-    let alice = t.human_token("alice", "api", "");
-    let bob = t.human_token("bob", "api", "");
+    let alice = person_token(&t, "alice");
+    let bob = person_token(&t, "bob");
 
     let cases: Vec<(&str, &str, Vec<(&str, &str)>, u16, &str, Option<&str>)> = vec![
         (
@@ -529,7 +529,7 @@ async fn refusals_name_their_reason_and_nothing_is_sent_to_sts() {
     assert_refused(&r, 400, "unauthorized_client", None);
 
     // A product delegated read only, asking write for a person who may write.
-    let carol = t.human_token("carol", "api", "");
+    let carol = person_token(&t, "carol");
     let r = credentials(&t, (&reader.0, &reader.1), &carol, &[("scope", "write")]).await;
     assert_refused(&r, 400, "invalid_target", Some("no_delegation"));
 
@@ -564,13 +564,13 @@ async fn an_expired_or_revoked_grant_is_refused_before_sts() {
 
     // Expired: an hour later, with a fresh token.
     t.clock.advance(3600);
-    let alice = t.human_token("alice", "api", "");
+    let alice = person_token(&t, "alice");
     let r = credentials(&t, (&id, &secret), &alice, &[]).await;
     assert_refused(&r, 400, "invalid_target", Some("grant_expired"));
 
     // Revoked: refused once the registry change reaches the server (≤ 2 s).
     assert!(t.app().store.remove_grant(&g.id).await.unwrap());
-    let bob = t.human_token("bob", "api", "");
+    let bob = person_token(&t, "bob");
     let deadline = Instant::now() + Duration::from_secs(3);
     let r = loop {
         let r = credentials(&t, (&id, &secret), &bob, &[]).await;
@@ -597,7 +597,7 @@ async fn a_revoked_grant_refuses_without_any_sts_call() {
     let (id, secret) = product(&t, &[DS], &[Permission::Read]).await;
     // Revoked before the first request: the registry is loaded afresh.
     assert!(t.app().store.remove_grant(&g.id).await.unwrap());
-    let alice = t.human_token("alice", "api", "");
+    let alice = person_token(&t, "alice");
     let r = credentials(&t, (&id, &secret), &alice, &[]).await;
     assert_refused(&r, 400, "invalid_target", Some("no_grant"));
     assert!(moto.recorded_action("AssumeRole").await.is_empty());
@@ -615,7 +615,7 @@ async fn a_user_id_aws_would_reject_is_made_valid_for_sts_and_kept_exact_in_the_
     dataset(&t, sales_orders(DS, &role, &["analytics"])).await;
     user_grant(&t, DS, USER, Permission::Read, &["analytics"], None).await;
     let (id, secret) = product(&t, &[DS], &[Permission::Read]).await;
-    let token = t.human_token(USER, "api", "");
+    let token = person_token(&t, USER);
 
     let r = credentials(&t, (&id, &secret), &token, &[]).await;
     assert_eq!(r.status, 200, "{}", r.text);
@@ -709,7 +709,7 @@ async fn ready_at(endpoint: &str, aws_lines: &str) -> (TestApp, (String, String)
     dataset(&t, sales_orders(DS, &role, &["analytics"])).await;
     user_grant(&t, DS, "alice", Permission::Read, &["analytics"], None).await;
     let prod = product(&t, &[DS], &[Permission::Read]).await;
-    let alice = t.human_token("alice", "api", "");
+    let alice = person_token(&t, "alice");
     (t, prod, alice)
 }
 
@@ -789,8 +789,8 @@ async fn identical_exchanges_reuse_credentials_and_any_difference_gets_new_ones(
     user_grant(&t, DS, "bob", Permission::Read, &["analytics"], None).await;
     let (id, secret) = product(&t, &[DS], &[Permission::Read]).await;
     let (id2, secret2) = product(&t, &[DS], &[Permission::Read]).await;
-    let alice = t.human_token("alice", "api", "");
-    let bob = t.human_token("bob", "api", "");
+    let alice = person_token(&t, "alice");
+    let bob = person_token(&t, "bob");
     let key = |r: &Reply| {
         assert_eq!(r.status, 200, "{}", r.text);
         r.body["access_key_id"].as_str().unwrap().to_string()
@@ -821,7 +821,7 @@ async fn identical_exchanges_reuse_credentials_and_any_difference_gets_new_ones(
     assert_eq!(moto.recorded_action("AssumeRole").await.len(), 4);
 
     // A fresh token for the same person: still the same binding.
-    let alice2 = t.human_token("alice", "api", "");
+    let alice2 = person_token(&t, "alice");
     assert_eq!(
         key(&credentials(&t, (&id, &secret), &alice2, &[]).await),
         first
@@ -841,7 +841,7 @@ async fn with_no_reuse_margin_every_exchange_calls_sts() {
     dataset(&t, sales_orders(DS, &role, &["analytics"])).await;
     user_grant(&t, DS, "alice", Permission::Read, &["analytics"], None).await;
     let (id, secret) = product(&t, &[DS], &[Permission::Read]).await;
-    let alice = t.human_token("alice", "api", "");
+    let alice = person_token(&t, "alice");
     let mut keys = Vec::new();
     for _ in 0..3 {
         let r = credentials(&t, (&id, &secret), &alice, &[]).await;
@@ -871,11 +871,11 @@ async fn reused_credentials_are_not_handed_out_within_the_margin_of_their_expiry
     dataset(&t, sales_orders(DS, &role, &["analytics"])).await;
     user_grant(&t, DS, "alice", Permission::Read, &["analytics"], None).await;
     let (id, secret) = product(&t, &[DS], &[Permission::Read]).await;
-    let first = credentials(&t, (&id, &secret), &t.human_token("alice", "api", ""), &[]).await;
+    let first = credentials(&t, (&id, &secret), &person_token(&t, "alice"), &[]).await;
     assert_eq!(first.status, 200, "{}", first.text);
     // 56 minutes later, the hour-long credentials have 4 minutes left.
     t.clock.advance(56 * 60);
-    let later = credentials(&t, (&id, &secret), &t.human_token("alice", "api", ""), &[]).await;
+    let later = credentials(&t, (&id, &secret), &person_token(&t, "alice"), &[]).await;
     assert_eq!(later.status, 200, "{}", later.text);
     assert_ne!(later.body["access_key_id"], first.body["access_key_id"]);
     assert_eq!(moto.recorded_action("AssumeRole").await.len(), 2);
@@ -969,7 +969,12 @@ async fn credential_process_prints_aws_credential_process_json_from_a_spawned_se
 
     let server = env.serve().await;
     let token_file = dir.path().join("alice.jwt");
-    std::fs::write(&token_file, idp.id_token("alice", serde_json::json!({}))).unwrap();
+    // Two hours, so the credentials' hour is not capped by the token's expiry.
+    std::fs::write(
+        &token_file,
+        idp.id_token("alice", serde_json::json!({"exp": now() + 7200})),
+    )
+    .unwrap();
     let out = env
         .clone()
         .set("TESSERA_CLIENT_SECRET", &client_secret)
@@ -1056,7 +1061,7 @@ async fn reused_credentials_never_outlive_a_shorter_asked_lifetime() {
     dataset(&t, sales_orders(DS, &role, &["analytics"])).await;
     user_grant(&t, DS, "alice", Permission::Read, &["analytics"], None).await;
     let (id, secret) = product(&t, &[DS], &[Permission::Read]).await;
-    let alice = t.human_token("alice", "api", "");
+    let alice = person_token(&t, "alice");
     let hour = credentials(&t, (&id, &secret), &alice, &[("expires_in", "3600")]).await;
     assert_eq!(hour.status, 200, "{}", hour.text);
     let short = credentials(&t, (&id, &secret), &alice, &[("expires_in", "900")]).await;
@@ -1067,4 +1072,41 @@ async fn reused_credentials_never_outlive_a_shorter_asked_lifetime() {
     );
     assert!(short.body["expires_in"].as_i64().unwrap() <= 900);
     assert_eq!(moto.recorded_action("AssumeRole").await.len(), 2);
+}
+
+/// A person's Tessera token living two hours, so that credential lifetimes
+/// are not capped by the subject token's own expiry.
+fn person_token(t: &TestApp, sub: &str) -> String {
+    let mut claims = t.human_claims(sub, "api", "");
+    claims.exp = claims.iat + 7200;
+    t.app().issuers.human.mint(&claims).unwrap()
+}
+
+#[tokio::test]
+async fn credentials_do_not_outlive_the_subject_token_beyond_the_aws_minimum() {
+    let moto = Moto::start().await;
+    let t = start_at(&moto.url, "credential_reuse_margin = \"0s\"").await;
+    let role = moto.create_role("sales-reader").await;
+    dataset(&t, sales_orders(DS, &role, &["analytics"])).await;
+    user_grant(&t, DS, "alice", Permission::Read, &["analytics"], None).await;
+    let (id, secret) = product(&t, &[DS], &[Permission::Read]).await;
+    let mut claims = t.human_claims("alice", "api", "");
+    claims.exp = claims.iat + 1200;
+    let twenty_minutes = t.app().issuers.human.mint(&claims).unwrap();
+    let r = credentials(&t, (&id, &secret), &twenty_minutes, &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let sent = moto.recorded_action("AssumeRole").await;
+    assert_eq!(
+        sent.last().unwrap().field("DurationSeconds").as_deref(),
+        Some("1200")
+    );
+    claims.exp = claims.iat + 120;
+    let two_minutes = t.app().issuers.human.mint(&claims).unwrap();
+    let r = credentials(&t, (&id, &secret), &two_minutes, &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let sent = moto.recorded_action("AssumeRole").await;
+    assert_eq!(
+        sent.last().unwrap().field("DurationSeconds").as_deref(),
+        Some("900")
+    );
 }

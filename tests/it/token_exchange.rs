@@ -387,6 +387,8 @@ async fn an_act_on_the_subject_token_is_nested_under_the_new_actor() {
     let (id, secret) = product(&t, "api", &["reports:read"]).await;
     let mut claims = t.human_claims("alice", "portal", "reports:read");
     claims.act = Some(json!({"sub": "first"}));
+    // A delegated token is carried further only by the client holding it.
+    claims.client_id = id.clone();
     let user = t.app().issuers.human.mint(&claims).unwrap();
     let r = exchange_for_api(&t, (&id, &secret), &user, ACCESS_TOKEN).await;
     assert_eq!(r.status, 200, "{}", r.text);
@@ -408,6 +410,8 @@ async fn a_chain_at_max_delegation_depth_passes_and_one_beyond_is_invalid_grant(
     // One actor already: the new chain is product → first (2 actors).
     let mut claims = t.human_claims("alice", "portal", "reports:read");
     claims.act = Some(json!({"sub": "first"}));
+    // A delegated token is carried further only by the client holding it.
+    claims.client_id = id.clone();
     let at_limit = t.app().issuers.human.mint(&claims).unwrap();
     let r = exchange_for_api(&t, (&id, &secret), &at_limit, ACCESS_TOKEN).await;
     assert_eq!(r.status, 200, "{}", r.text);
@@ -955,4 +959,73 @@ async fn an_exchange_during_the_first_key_fetch_waits_for_it_instead_of_503() {
     assert!(started.elapsed() < std::time::Duration::from_secs(3));
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.body["scope"], "reports:read");
+}
+
+#[tokio::test]
+async fn a_delegated_token_forwarded_to_another_client_cannot_be_exchanged_again() {
+    let t = TestApp::start().await;
+    let (id, secret) = product(&t, "api", &["reports:read"]).await;
+    let (other, other_secret) = product(&t, "api", &["reports:read"]).await;
+    let first = exchange_for_api(
+        &t,
+        (&id, &secret),
+        &t.human_token("alice", "portal", "reports:read"),
+        ACCESS_TOKEN,
+    )
+    .await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    let delegated = first.body["access_token"].as_str().unwrap();
+    let r = exchange_for_api(&t, (&other, &other_secret), delegated, ACCESS_TOKEN).await;
+    assert_eq!((r.status, r.error()), (400, "invalid_grant"), "{}", r.text);
+    // The client holding it may carry it one step further.
+    let again = exchange_for_api(&t, (&id, &secret), delegated, ACCESS_TOKEN).await;
+    assert_eq!(again.status, 200, "{}", again.text);
+}
+
+#[tokio::test]
+async fn an_idp_token_for_an_application_is_not_a_person() {
+    let idp = TestIdp::start().await;
+    let t = start_with_keys(&idp).await;
+    let (id, secret) = product(&t, "api", &["reports:read"]).await;
+    for extra in [json!({"azp": "batch-job"}), json!({"idtyp": "app"})] {
+        let app_only = idp.access_token("batch-job", "reports:read", extra);
+        let r = exchange(
+            &t,
+            (&id, &secret),
+            &[
+                ("subject_token", &app_only),
+                ("subject_token_type", ACCESS_TOKEN),
+                ("audience", "api"),
+            ],
+        )
+        .await;
+        assert_eq!((r.status, r.error()), (400, "invalid_grant"), "{}", r.text);
+        assert!(r.text.contains("not a person"), "{}", r.text);
+    }
+}
+
+#[tokio::test]
+async fn client_ids_and_actors_named_by_the_idp_are_namespaced_by_the_issuer() {
+    let idp = TestIdp::start().await;
+    let t = start_with_keys(&idp).await;
+    let (id, secret) = product(&t, "api", &["reports:read"]).await;
+    // The IdP claims the token is already acted on by a client whose name
+    // equals this Tessera product's id.
+    let user = idp.access_token("alice", "reports:read", json!({"act": {"sub": id}}));
+    let r = exchange(
+        &t,
+        (&id, &secret),
+        &[
+            ("subject_token", &user),
+            ("subject_token_type", ACCESS_TOKEN),
+            ("audience", "api"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let claims = verify_human(&t, r.body["access_token"].as_str().unwrap(), "api").await;
+    assert_eq!(
+        claims["act"],
+        json!({"sub": id, "act": {"sub": format!("corp:{id}")}})
+    );
 }

@@ -109,6 +109,8 @@ struct Binding {
     permission: Permission,
     purpose: String,
     role_arn: String,
+    /// The session policy as sent: a dataset narrowed since is a new binding.
+    policy: String,
 }
 
 /// Still-fresh credentials per binding, kept in memory only; reused until
@@ -242,7 +244,17 @@ pub async fn issue(
         transitive_tag_keys: transitive,
         policy: session::session_policy(&scope, aws_permission)
             .map_err(|e| OAuthError::CloudDenied("session_policy_too_large", e.into()))?,
-        duration_secs: session::duration(params.duration, dataset.max_duration_secs),
+        // Credentials should not outlive the person's proof; AWS's 15-minute
+        // minimum is the only excess.
+        duration_secs: session::duration(
+            Some(
+                params
+                    .duration
+                    .unwrap_or(dataset.max_duration_secs)
+                    .min((person.exp - now).max(session::DURATION_MIN as i64)),
+            ),
+            dataset.max_duration_secs,
+        ),
     };
     session::validate_request(&request)
         .map_err(|e| OAuthError::CloudDenied("request_outside_aws_limits", e.into()))?;
@@ -257,6 +269,7 @@ pub async fn issue(
         permission: params.permission,
         purpose,
         role_arn: dataset.role_arn.clone(),
+        policy: request.policy.clone(),
     };
     let margin = app
         .config

@@ -307,7 +307,17 @@ async fn delegate(
 
     // Whose token is it? Only people can be acted for.
     let form = match (subject.own_issuer(), &subject.upstream) {
-        (Some(IssuerKind::Human), _) => TokenForm::AccessToken,
+        (Some(IssuerKind::Human), _) => {
+            // A token that already acts for the person may be carried one
+            // step further only by the client holding it, never by any
+            // service it was forwarded to.
+            if claims.act.is_some() && claims.client_id != client.client_id {
+                return Err(invalid_grant(
+                    "subject_token is a delegated token of another client",
+                ));
+            }
+            TokenForm::AccessToken
+        }
         (Some(IssuerKind::Service), _) => {
             return Err(invalid_grant(
                 "subject_token is a service token; a person's token is required",
