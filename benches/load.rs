@@ -107,6 +107,20 @@ struct Opts {
     max_tokens: usize,
     /// Where `<store>.md` is written; `None` with `--no-write`.
     results_dir: Option<PathBuf>,
+    /// Which scenarios to run.
+    only: Only,
+    /// The AWS emulator (moto) for the AWS credential rows.
+    moto_url: Option<String>,
+    /// Connections for the STS-bound AWS rows (moto is single-threaded).
+    aws_concurrency: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Only {
+    /// The standard scenarios, then the AWS credential ones if moto is given.
+    All,
+    Standard,
+    Credentials,
 }
 
 impl Opts {
@@ -165,6 +179,11 @@ fn parse_opts(args: &[String]) -> anyhow::Result<Opts> {
         grpc_channels: env_or("BENCH_GRPC_CHANNELS", 4)?,
         max_tokens: env_or("BENCH_MAX_TOKENS", 150_000)?,
         results_dir: Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/results")),
+        only: Only::All,
+        moto_url: std::env::var("BENCH_MOTO_URL")
+            .ok()
+            .filter(|u| !u.trim().is_empty()),
+        aws_concurrency: env_or("BENCH_AWS_CONCURRENCY", 8)?,
     };
     let mut write = true;
     let mut it = args.iter();
@@ -189,6 +208,18 @@ fn parse_opts(args: &[String]) -> anyhow::Result<Opts> {
             "--max-tokens" => o.max_tokens = val()?.parse().context("--max-tokens")?,
             "--results-dir" => o.results_dir = Some(PathBuf::from(val()?)),
             "--no-write" => write = false,
+            "--moto-url" => o.moto_url = Some(val()?),
+            "--aws-concurrency" => {
+                o.aws_concurrency = val()?.parse().context("--aws-concurrency")?
+            }
+            "--only" => {
+                o.only = match val()?.as_str() {
+                    "all" => Only::All,
+                    "standard" => Only::Standard,
+                    "credentials" => Only::Credentials,
+                    other => bail!("--only {other:?}: expected all, standard or credentials"),
+                }
+            }
             other => bail!("unknown argument {other:?} (see the top of benches/load.rs)"),
         }
     }
@@ -202,6 +233,14 @@ fn parse_opts(args: &[String]) -> anyhow::Result<Opts> {
         bail!("--concurrency must be 1..=4096");
     }
     o.grpc_channels = o.grpc_channels.clamp(1, o.concurrency);
+    if o.aws_concurrency == 0 || o.aws_concurrency > 4096 {
+        bail!("--aws-concurrency must be 1..=4096");
+    }
+    if o.only == Only::Credentials && o.moto_url.is_none() {
+        bail!(
+            "--only credentials needs --moto-url (or BENCH_MOTO_URL); benches/run.sh starts moto"
+        );
+    }
     if !write {
         o.results_dir = None;
     }
@@ -479,7 +518,11 @@ async fn http_worker(addr: SocketAddr, make: MakeFn, check: CheckFn, phase: Phas
     let mut out = WorkerOut::default();
     let mut conn: Option<SendRequest<Full<Bytes>>> = None;
     while Instant::now() < phase.end {
+        // A request that needs a new connection is timed from the connect
+        // (moto closes every connection after one answer).
+        let mut connected_at = None;
         if conn.is_none() {
+            connected_at = Some(Instant::now());
             match tokio::time::timeout(REQUEST_TIMEOUT, connect(addr)).await {
                 Ok(Ok(c)) => conn = Some(c),
                 Ok(Err(e)) => {
@@ -497,7 +540,7 @@ async fn http_worker(addr: SocketAddr, make: MakeFn, check: CheckFn, phase: Phas
         }
         let Some(req) = make() else { break };
         let sender = conn.as_mut().expect("connected above");
-        let t0 = Instant::now();
+        let t0 = connected_at.unwrap_or_else(Instant::now);
         let res = tokio::time::timeout(REQUEST_TIMEOUT, async {
             sender.ready().await?;
             let resp = sender.send_request(req).await?;
@@ -508,13 +551,21 @@ async fn http_worker(addr: SocketAddr, make: MakeFn, check: CheckFn, phase: Phas
         .await;
         let t1 = Instant::now();
         let result = match res {
-            Ok(Ok((status, headers, body))) => match check(status, &headers, &body) {
-                Ok(token) => {
-                    out.tokens.extend(token);
-                    Ok(())
+            Ok(Ok((status, headers, body))) => {
+                let closing = headers
+                    .get(header::CONNECTION)
+                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+                if closing || conn.as_ref().is_some_and(|c| c.is_closed()) {
+                    conn = None;
                 }
-                Err(e) => Err(e),
-            },
+                match check(status, &headers, &body) {
+                    Ok(token) => {
+                        out.tokens.extend(token);
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                }
+            }
             Ok(Err(e)) => {
                 conn = None;
                 Err(format!("HTTP error: {e}"))
@@ -566,6 +617,8 @@ struct CpuSample {
     machine_busy: u64,
     /// All `postgres` processes (0 unless the store is Postgres).
     postgres: u64,
+    /// The moto server (AWS emulator) processes (0 outside the AWS rows).
+    moto: u64,
 }
 
 fn proc_ticks(pid: &str) -> u64 {
@@ -610,13 +663,33 @@ fn postgres_ticks() -> u64 {
         .sum()
 }
 
-fn cpu_sample(server_pid: i32, postgres: bool) -> CpuSample {
+/// CPU ticks of every moto server process (`moto_server` in its command line).
+fn moto_ticks() -> u64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    dir.filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .is_ok_and(|c| find(&c, b"moto_server").is_some())
+        })
+        .map(|e| proc_ticks(&e.file_name().to_string_lossy()))
+        .sum()
+}
+
+fn cpu_sample(server_pid: i32, postgres: bool, moto: bool) -> CpuSample {
     CpuSample {
         at: Instant::now(),
         server: proc_ticks(&server_pid.to_string()),
         generator: proc_ticks("self"),
         machine_busy: machine_busy_ticks(),
         postgres: if postgres { postgres_ticks() } else { 0 },
+        moto: if moto { moto_ticks() } else { 0 },
     }
 }
 
@@ -677,6 +750,8 @@ struct Stats {
     server_cpu: f64,
     gen_cpu: f64,
     db_cpu: f64,
+    /// moto (AWS emulator) CPU, in % of one core (AWS rows only).
+    moto_cpu: f64,
     other_cpu: f64,
     note: Option<String>,
 }
@@ -736,7 +811,8 @@ fn summarize(
     s.gen_cpu = pct_of(b.generator.saturating_sub(a.generator));
     let busy = pct_of(b.machine_busy.saturating_sub(a.machine_busy));
     s.db_cpu = pct_of(b.postgres.saturating_sub(a.postgres));
-    s.other_cpu = (busy - s.server_cpu - s.gen_cpu - s.db_cpu).max(0.0);
+    s.moto_cpu = pct_of(b.moto.saturating_sub(a.moto));
+    s.other_cpu = (busy - s.server_cpu - s.gen_cpu - s.db_cpu - s.moto_cpu).max(0.0);
     (s, tokens)
 }
 
@@ -768,6 +844,8 @@ const MAX_ATTEMPTS: usize = 3;
 
 struct Bench {
     opts: Opts,
+    /// Count moto's CPU apart from "other" (the AWS rows).
+    moto: bool,
     /// Extra time left for running disturbed scenarios again.
     retry_left: Cell<Duration>,
 }
@@ -840,9 +918,10 @@ impl Bench {
         check: CheckFn,
     ) -> (Stats, Vec<Bytes>) {
         let pg = self.opts.store == StoreKind::Postgres;
+        let moto = self.moto;
         let sampler = tokio::spawn(async move {
             tokio::time::sleep_until(phase.measure.into()).await;
-            tokio::task::spawn_blocking(move || cpu_sample(server_pid, pg))
+            tokio::task::spawn_blocking(move || cpu_sample(server_pid, pg, moto))
                 .await
                 .expect("cpu sample")
         });
@@ -853,7 +932,7 @@ impl Bench {
         for w in workers {
             outs.push(w.await.expect("worker panicked"));
         }
-        let after = cpu_sample(server_pid, pg);
+        let after = cpu_sample(server_pid, pg, self.moto);
         let before = if sampler.is_finished() {
             sampler.await.expect("sampler")
         } else {
@@ -876,7 +955,7 @@ impl Bench {
         let phase = self.phase();
         let sampler = tokio::spawn(async move {
             tokio::time::sleep_until(phase.measure.into()).await;
-            tokio::task::spawn_blocking(move || cpu_sample(server_pid, pg))
+            tokio::task::spawn_blocking(move || cpu_sample(server_pid, pg, false))
                 .await
                 .expect("cpu sample")
         });
@@ -890,7 +969,7 @@ impl Bench {
         for w in workers {
             outs.push(w.await.expect("worker panicked"));
         }
-        let after = cpu_sample(server_pid, pg);
+        let after = cpu_sample(server_pid, pg, self.moto);
         let before = sampler.await.unwrap_or(after);
         let (s, _) = summarize(name, outs, &phase, (before, after));
         print_progress(&s);
@@ -1085,6 +1164,14 @@ struct Tessera {
     /// The data product that exchanges people's ID tokens (token exchange).
     product_id: String,
     product_secret: String,
+    /// The server's environment, for further CLI commands.
+    env: Vec<(String, String)>,
+}
+
+/// `[aws]` for the AWS credential rows: moto and the reuse margin.
+struct AwsSetup<'a> {
+    moto_url: &'a str,
+    reuse_margin: &'a str,
 }
 
 fn tessera_command(env: &[(String, String)], dir: &Path) -> Command {
@@ -1094,7 +1181,7 @@ fn tessera_command(env: &[(String, String)], dir: &Path) -> Command {
     );
     let mut cmd = Command::new(bin);
     for (k, _) in std::env::vars() {
-        if k.starts_with("TESSERA_") {
+        if k.starts_with("TESSERA_") || k.starts_with("AWS_") {
             cmd.env_remove(k);
         }
     }
@@ -1199,6 +1286,7 @@ async fn start_tessera(
     dir: &Path,
     schema: Option<&str>,
     idp_issuer: &str,
+    aws: Option<&AwsSetup<'_>>,
 ) -> anyhow::Result<Tessera> {
     let (hp, gp) = free_ports()?;
     let http: SocketAddr = format!("127.0.0.1:{hp}").parse()?;
@@ -1221,7 +1309,25 @@ async fn start_tessera(
     let policy = dir.join("policy.toml");
     std::fs::write(&policy, policy_toml()).context("write policy.toml")?;
     let config = dir.join("tessera.toml");
-    std::fs::write(&config, config_toml(&policy, idp_issuer)).context("write tessera.toml")?;
+    let mut config_text = config_toml(&policy, idp_issuer);
+    if let Some(a) = aws {
+        // sts_timeout: generous, so a queue at the single-threaded moto
+        // shows up as latency rather than as errors.
+        let _ = write!(
+            config_text,
+            "\n[aws]\nregion = \"us-east-1\"\nendpoint_url = {:?}\nsts_timeout = \"10s\"\ncredential_reuse_margin = {:?}\n",
+            a.moto_url, a.reuse_margin
+        );
+        env.extend(
+            [
+                ("AWS_ACCESS_KEY_ID", "testing"),
+                ("AWS_SECRET_ACCESS_KEY", "testing"),
+                ("AWS_EC2_METADATA_DISABLED", "true"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+    }
+    std::fs::write(&config, config_text).context("write tessera.toml")?;
     env.push(("TESSERA_CONFIG".into(), config.display().to_string()));
     if let Some(s) = schema {
         env.push(("TESSERA_STORE_SCHEMA".into(), s.to_string()));
@@ -1297,6 +1403,7 @@ async fn start_tessera(
         guard,
         http,
         grpc,
+        env,
     })
 }
 
@@ -1382,6 +1489,7 @@ async fn run(opts: Opts) -> anyhow::Result<Results> {
     });
     let bench = Bench {
         opts: opts.clone(),
+        moto: false,
         retry_left: Cell::new(Duration::from_secs_f64(retry_budget(&opts))),
     };
     let quiet = wait_quiet(Duration::from_secs_f64(env_or("BENCH_QUIET_WAIT", 60.0)?)).await;
@@ -1405,7 +1513,8 @@ async fn run(opts: Opts) -> anyhow::Result<Results> {
     );
     let idp = start_idp().await?;
     eprintln!("bench: IdP {} (trusted issuer {IDP_NAME:?})", idp.issuer());
-    let mut tessera = start_tessera(&opts, dir.path(), schema.as_deref(), idp.issuer()).await?;
+    let mut tessera =
+        start_tessera(&opts, dir.path(), schema.as_deref(), idp.issuer(), None).await?;
     let result = async {
         let t = &tessera;
         let tpid = t.guard.pid();
@@ -2645,8 +2754,18 @@ fn main() {
     let per = opts.warmup + opts.seconds + REQUEST_TIMEOUT.as_secs_f64() + 5.0;
     let quiet_wait: f64 = env_or("BENCH_QUIET_WAIT", 60.0).unwrap_or(60.0);
     // 13 scenarios, the untimed minting and signing, and the retries.
-    let per_store =
-        180.0 + quiet_wait + 14.0 * per + 2.0 * MINT_BUDGET.as_secs_f64() + retry_budget(&opts);
+    let standard = if opts.only == Only::Credentials {
+        0.0
+    } else {
+        180.0 + quiet_wait + 14.0 * per + 2.0 * MINT_BUDGET.as_secs_f64() + retry_budget(&opts)
+    };
+    // The AWS rows: two server starts, five rows, their retries.
+    let credentials = if opts.only == Only::Standard || opts.moto_url.is_none() {
+        0.0
+    } else {
+        180.0 + quiet_wait + 6.0 * per + retry_budget(&opts)
+    };
+    let per_store = standard + credentials;
     let budget = Duration::from_secs_f64(per_store * opts.stores.len() as f64);
     std::thread::spawn(move || {
         std::thread::sleep(budget);
@@ -2679,6 +2798,37 @@ fn main() {
                 ..opts.clone()
             };
             let started = Instant::now();
+            if opts.only != Only::Standard {
+                if opts.moto_url.is_none() {
+                    eprintln!("bench: no moto URL (--moto-url, BENCH_MOTO_URL): skipping the AWS credential rows");
+                }
+            }
+            if opts.only != Only::Standard && opts.moto_url.is_some() {
+                match run_credentials(opts.clone()).await {
+                    Ok(r) => {
+                        let md = report_credentials(&opts, &r);
+                        println!("\n{md}");
+                        if let Some(dir) = &opts.results_dir {
+                            let out = dir.join(format!("{}-credentials.md", store.name()));
+                            let _ = std::fs::create_dir_all(dir);
+                            match std::fs::write(&out, &md) {
+                                Ok(()) => eprintln!("bench: wrote {}", out.display()),
+                                Err(e) => {
+                                    eprintln!("bench: cannot write {}: {e}", out.display());
+                                    code = 1;
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("bench: {} AWS credential rows failed: {e:#}", store.name());
+                        code = 1;
+                    }
+                }
+            }
+            if opts.only == Only::Credentials {
+                continue;
+            }
             match run(opts.clone()).await {
                 Ok(results) => {
                     let md = report(&opts, &results);
@@ -2711,4 +2861,538 @@ fn main() {
     });
     drop(rt);
     std::process::exit(code);
+}
+
+// ------------------------------------------------ AWS credential exchanges
+
+const AWS_DATASET: &str = "sales.orders";
+const AWS_PURPOSE: &str = "analytics";
+const AWS_ROLE: &str = "tessera-bench";
+const AWS_CREDENTIALS_TYPE: &str = "urn:tessera:params:oauth:token-type:aws-credentials";
+
+struct CredResults {
+    bare: Stats,
+    no_reuse: Stats,
+    reuse: Stats,
+    reuse_full: Stats,
+    bare_after: Stats,
+    role_arn: String,
+    notes: Vec<String>,
+    quiet: (f64, f64),
+}
+
+fn moto_addr(url: &str) -> anyhow::Result<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    let u = url::Url::parse(url).with_context(|| format!("moto URL {url:?}"))?;
+    let host = u
+        .host_str()
+        .ok_or_else(|| anyhow!("moto URL {url:?} has no host"))?;
+    let port = u.port_or_known_default().unwrap_or(80);
+    (host, port)
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| anyhow!("moto URL {url:?} does not resolve"))
+}
+
+/// moto routes by the SigV4 credential scope; it checks no signature.
+fn moto_auth(service: &str) -> String {
+    format!("AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/{service}/aws4_request, SignedHeaders=host, Signature=0")
+}
+
+fn form_of(pairs: &[(String, String)]) -> String {
+    url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish()
+}
+
+/// The bare AssumeRole, with the fields Tessera sends for user-0000.
+fn assume_role_form(role_arn: &str) -> anyhow::Result<String> {
+    use tessera::aws::session;
+    let user = "user-0000";
+    let scope = session::DatasetScope {
+        region: "us-east-1".into(),
+        account: "123456789012".into(),
+        glue_database: "sales".into(),
+        glue_table: Some("orders".into()),
+        s3_prefix: "s3://lake/sales/orders/".into(),
+    };
+    let policy = session::session_policy(&scope, session::Permission::Read)
+        .map_err(|e| anyhow!("session policy: {e}"))?;
+    let mut f: Vec<(String, String)> = [
+        ("Action", "AssumeRole".to_string()),
+        ("Version", "2011-06-15".to_string()),
+        ("RoleArn", role_arn.to_string()),
+        ("RoleSessionName", session::session_name(user)),
+        ("SourceIdentity", session::source_identity(user)),
+        ("DurationSeconds", "3600".to_string()),
+        ("Policy", policy),
+    ]
+    .map(|(k, v)| (k.to_string(), v))
+    .to_vec();
+    let product = uuid::Uuid::new_v4().to_string();
+    let values = [user, &product, "acme", AWS_DATASET, AWS_PURPOSE, "read"];
+    let keys = [
+        "tessera-user",
+        "tessera-service",
+        "tessera-tenant",
+        "tessera-dataset",
+        "tessera-purpose",
+        "tessera-permission",
+    ];
+    for (i, (k, v)) in keys.iter().zip(values).enumerate() {
+        f.push((format!("Tags.member.{}.Key", i + 1), k.to_string()));
+        f.push((
+            format!("Tags.member.{}.Value", i + 1),
+            session::tag_value(v),
+        ));
+        f.push((format!("TransitiveTagKeys.member.{}", i + 1), k.to_string()));
+    }
+    Ok(form_of(&f))
+}
+
+fn aws_exchange_form(id_token: &str) -> String {
+    let enc = |s: &str| s.replace(':', "%3A");
+    format!(
+        "grant_type={}&subject_token={id_token}&subject_token_type={}&requested_token_type={}&resource={}&scope=read&purpose={AWS_PURPOSE}",
+        enc(EXCHANGE_GRANT),
+        enc(ID_TOKEN_TYPE),
+        enc(AWS_CREDENTIALS_TYPE),
+        enc(&format!("urn:tessera:dataset:{AWS_DATASET}")),
+    )
+}
+
+fn expect_body(needle: &'static [u8]) -> CheckFn {
+    Arc::new(move |status, _, body| {
+        if status == StatusCode::OK && find(body, needle).is_some() {
+            Ok(None)
+        } else {
+            Err(describe(status, body))
+        }
+    })
+}
+
+/// Creates the bench role in moto (or finds it there); its ARN.
+async fn moto_role(moto: SocketAddr) -> anyhow::Result<String> {
+    let trust = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"arn:aws:iam::123456789012:root"},"Action":["sts:AssumeRole","sts:TagSession","sts:SetSourceIdentity"]}]}"#;
+    let body = form_of(
+        &[
+            ("Action", "CreateRole"),
+            ("Version", "2010-05-08"),
+            ("RoleName", AWS_ROLE),
+            ("AssumeRolePolicyDocument", trust),
+            ("MaxSessionDuration", "43200"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
+    let tpl = Template::new(Method::POST, moto, "/")
+        .header(header::AUTHORIZATION, &moto_auth("iam"))
+        .form(body);
+    let (s, _, body) = http_once(moto, tpl.build()).await?;
+    let arn = format!("arn:aws:iam::123456789012:role/{AWS_ROLE}");
+    if !(s.is_success() && find(&body, arn.as_bytes()).is_some())
+        && find(&body, b"EntityAlreadyExists").is_none()
+    {
+        bail!("moto CreateRole: {}", describe(s, &body));
+    }
+    Ok(arn)
+}
+
+/// Registers the dataset, the person's grant and the product's dataset
+/// delegation, then checks two exchanges: distinct keys without reuse, the
+/// same keys with it.
+async fn aws_register(
+    t: &Tessera,
+    dir: &Path,
+    role_arn: &str,
+    reuse: bool,
+    id_token: &str,
+) -> anyhow::Result<Template> {
+    let cli_ok = |args: &[&str]| -> anyhow::Result<()> {
+        let out = tessera_command(&t.env, dir)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| args.join(" "))?;
+        if !out.status.success() {
+            bail!(
+                "tessera {} failed: {}",
+                args[..2].join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    };
+    cli_ok(&[
+        "dataset",
+        "create",
+        AWS_DATASET,
+        "--tenant",
+        "acme",
+        "--role-arn",
+        role_arn,
+        "--glue-database",
+        "sales",
+        "--glue-table",
+        "orders",
+        "--s3-prefix",
+        "s3://lake/sales/orders/",
+        "--permission",
+        "read",
+        "--purpose",
+        AWS_PURPOSE,
+        "--max-duration",
+        "1h",
+    ])?;
+    cli_ok(&[
+        "grant",
+        "add",
+        "--dataset",
+        AWS_DATASET,
+        "--user",
+        "user-0000",
+        "--permission",
+        "read",
+        "--purpose",
+        AWS_PURPOSE,
+    ])?;
+    cli_ok(&[
+        "delegation",
+        "add",
+        "--client",
+        &t.product_id,
+        "--dataset",
+        AWS_DATASET,
+        "--permission",
+        "read",
+    ])?;
+    let tpl = Template::new(Method::POST, t.http, "/oauth2/token")
+        .header(
+            header::AUTHORIZATION,
+            &basic(&t.product_id, &t.product_secret),
+        )
+        .form(aws_exchange_form(id_token));
+    let mut keys = Vec::new();
+    for _ in 0..2 {
+        let (s, _, body) = http_once(t.http, tpl.build()).await?;
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let ok = s == StatusCode::OK
+            && v["issued_token_type"] == AWS_CREDENTIALS_TYPE
+            && v["access_key_id"].is_string()
+            && v["assumed_role_arn"]
+                .as_str()
+                .is_some_and(|a| a.contains(AWS_ROLE));
+        if !ok {
+            bail!("AWS credential exchange preflight: {}", describe(s, &body));
+        }
+        keys.push(v["access_key_id"].as_str().unwrap_or("").to_string());
+    }
+    if reuse != (keys[0] == keys[1]) {
+        bail!(
+            "credential reuse {}: two exchanges gave access keys {keys:?}",
+            if reuse { "on" } else { "off" }
+        );
+    }
+    eprintln!(
+        "bench: AWS credential exchange preflight ok (reuse {}: keys {keys:?})",
+        if reuse { "on" } else { "off" }
+    );
+    Ok(tpl)
+}
+
+async fn run_credentials(opts: Opts) -> anyhow::Result<CredResults> {
+    let moto_url = opts
+        .moto_url
+        .clone()
+        .ok_or_else(|| anyhow!("no moto URL"))?;
+    let moto = moto_addr(&moto_url)?;
+    let dir = tempfile::Builder::new()
+        .prefix("tessera-bench-aws-")
+        .tempdir()?;
+    let stamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let schemas: Vec<String> = ["off", "on"]
+        .iter()
+        .map(|r| format!("bench_aws_{r}_{}_{stamp}", std::process::id()))
+        .collect();
+    let pg = opts.store == StoreKind::Postgres;
+    let quiet = wait_quiet(Duration::from_secs_f64(env_or("BENCH_QUIET_WAIT", 60.0)?)).await;
+    let sts_bench = Bench {
+        opts: Opts {
+            concurrency: opts.aws_concurrency,
+            ..opts.clone()
+        },
+        moto: true,
+        retry_left: Cell::new(Duration::from_secs_f64(retry_budget(&opts))),
+    };
+    let full_bench = Bench {
+        opts: opts.clone(),
+        moto: true,
+        retry_left: Cell::new(Duration::ZERO),
+    };
+    let role_arn = moto_role(moto).await?;
+    eprintln!(
+        "bench: AWS rows against moto {moto_url}, role {role_arn}, store {}, {} connections for the STS-bound rows",
+        opts.store.name(),
+        opts.aws_concurrency
+    );
+    let idp = start_idp().await?;
+    let id_token = idp.signer.id_token(0, unix_now());
+
+    let assume_tpl = Template::new(Method::POST, moto, "/")
+        .header(header::AUTHORIZATION, &moto_auth("sts"))
+        .form(assume_role_form(&role_arn)?);
+    let (s, _, body) = http_once(moto, assume_tpl.build()).await?;
+    if s != StatusCode::OK || find(&body, b"<AccessKeyId>").is_none() {
+        bail!("bare AssumeRole preflight: {}", describe(s, &body));
+    }
+    let moto_pid = 0; // the "server" column of the bare rows is moto's own column
+    let bare_row = |name: &'static str| {
+        let tpl = assume_tpl.clone();
+        let b = &sts_bench;
+        async move {
+            b.measure(|| {
+                b.http(
+                    name,
+                    moto,
+                    moto_pid,
+                    b.phase(),
+                    fixed(tpl.clone()),
+                    expect_body(b"<AccessKeyId>"),
+                )
+            })
+            .await
+            .0
+        }
+    };
+    let bare = bare_row("bare STS AssumeRole (moto)").await;
+
+    let mut rows = Vec::new();
+    for (i, reuse) in [false, true].into_iter().enumerate() {
+        let sub = dir
+            .path()
+            .join(if reuse { "reuse-on" } else { "reuse-off" });
+        std::fs::create_dir_all(&sub)?;
+        let schema = pg.then(|| schemas[i].as_str());
+        let aws = AwsSetup {
+            moto_url: &moto_url,
+            reuse_margin: if reuse { "5m" } else { "0s" },
+        };
+        let mut t = start_tessera(&opts, &sub, schema, idp.issuer(), Some(&aws)).await?;
+        let result = async {
+            let tpl = aws_register(&t, &sub, &role_arn, reuse, &id_token).await?;
+            let tpid = t.guard.pid();
+            let check = expect_body(br#""access_key_id":""#);
+            let name = if reuse {
+                "AWS exchange, reuse on (5m)"
+            } else {
+                "AWS exchange, reuse off (0s)"
+            };
+            let (s, _) = sts_bench
+                .measure(|| {
+                    sts_bench.http(
+                        name,
+                        t.http,
+                        tpid,
+                        sts_bench.phase(),
+                        fixed(tpl.clone()),
+                        check.clone(),
+                    )
+                })
+                .await;
+            let mut out = vec![s];
+            if reuse {
+                let (s, _) = full_bench
+                    .http(
+                        "AWS exchange, reuse on (5m), full concurrency",
+                        t.http,
+                        tpid,
+                        full_bench.phase(),
+                        fixed(tpl.clone()),
+                        check.clone(),
+                    )
+                    .await;
+                out.push(s);
+            }
+            Ok::<_, anyhow::Error>(out)
+        }
+        .await;
+        if result.is_err() || t.guard.exited().is_some() {
+            eprintln!("bench: tessera log (tail):\n{}", t.guard.log_tail());
+        }
+        drop(t);
+        rows.push(result);
+    }
+    let bare_after = bare_row("bare STS AssumeRole (moto), again after").await;
+    drop(idp);
+    if pg && std::env::var("BENCH_KEEP_SCHEMA").is_err() {
+        for schema in &schemas {
+            if let Err(e) = drop_schema(&opts.pg_url, schema).await {
+                eprintln!("bench: could not drop schema {schema}: {e:#}");
+            }
+        }
+    }
+    let mut rows = rows.into_iter();
+    let no_reuse = rows.next().expect("row")?.remove(0);
+    let mut on = rows.next().expect("row")?;
+    let reuse_full = on.pop().expect("row");
+    let reuse = on.pop().expect("row");
+    Ok(CredResults {
+        bare,
+        no_reuse,
+        reuse,
+        reuse_full,
+        bare_after,
+        role_arn,
+        notes: vec![format!(
+            "moto at {moto_url}; role {AWS_ROLE} created there with IAM CreateRole (or found)"
+        )],
+        quiet,
+    })
+}
+
+fn report_credentials(opts: &Opts, r: &CredResults) -> String {
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "# Tessera load benchmark: AWS credential exchanges, {}\n",
+        opts.store.name()
+    );
+    let _ = writeln!(
+        md,
+        "- when: {} · commit {}",
+        humantime::format_rfc3339_seconds(SystemTime::now()),
+        git_describe()
+    );
+    let _ = writeln!(
+        md,
+        "- machine: nproc = {} ({}); the load generator, Tessera, moto{} share these CPUs",
+        nproc(),
+        cpu_model(),
+        if opts.store == StoreKind::Postgres {
+            " and Postgres"
+        } else {
+            ""
+        }
+    );
+    let (busy, waited) = r.quiet;
+    let _ = writeln!(
+        md,
+        "- machine load just before the run: {busy:.0}% of one core busy{}",
+        if waited >= 1.5 {
+            format!(" (after waiting {waited:.0} s)")
+        } else {
+            String::new()
+        }
+    );
+    let _ = writeln!(
+        md,
+        "- STS: moto (single-threaded Python AWS emulator) on 127.0.0.1, role `{}`; Tessera `[aws] endpoint_url` = moto, region us-east-1, sts_timeout 10s; {} s measured per row after {} s warm-up; command: `benches/run.sh --only credentials` (`cargo bench --bench load -- --only credentials --store {} --seconds {} --aws-concurrency {} --concurrency {}`)",
+        r.role_arn,
+        opts.seconds,
+        opts.warmup,
+        opts.stores_arg(),
+        opts.seconds,
+        opts.aws_concurrency,
+        opts.concurrency
+    );
+    let _ = writeln!(
+        md,
+        "- request: the product's token exchange of one person's ID token (user-0000, always the same token) for `aws-credentials` on `urn:tessera:dataset:{AWS_DATASET}`, scope read, purpose {AWS_PURPOSE}; success = 200 with `access_key_id`. Bare AssumeRole: a raw query-protocol POST to moto with the fields Tessera sends (role, session name, source identity, 6 transitive session tags, the session policy, 3600 s); success = 200 with `<AccessKeyId>`\n"
+    );
+    let _ = writeln!(
+        md,
+        "| scenario | connections | req/s | p50 ms | p99 ms | errors | Tessera adds (p50 / p99 ms, vs bare AssumeRole) |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---|");
+    let rows: [(&Stats, usize, bool); 5] = [
+        (&r.bare, opts.aws_concurrency, false),
+        (&r.no_reuse, opts.aws_concurrency, true),
+        (&r.reuse, opts.aws_concurrency, true),
+        (&r.reuse_full, opts.concurrency, false),
+        (&r.bare_after, opts.aws_concurrency, false),
+    ];
+    for (s, conns, vs) in &rows {
+        let added = if *vs {
+            format!(
+                "{:+.2} / {:+.2}",
+                s.p50_ms - r.bare.p50_ms,
+                s.p99_ms - r.bare.p99_ms
+            )
+        } else {
+            "—".into()
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {conns} | {:.0} | {:.2} | {:.2} | {} | {added} |",
+            s.name,
+            s.rps(),
+            s.p50_ms,
+            s.p99_ms,
+            s.errors
+        );
+    }
+    let pg = opts.store == StoreKind::Postgres;
+    let _ = writeln!(
+        md,
+        "\nCPU during each measured window, in % of one core (nproc = {}). \"Tessera\" is 0 on the bare rows (no Tessera in the path){}:\n",
+        nproc(),
+        if pg { "" } else { "; SQLite runs inside Tessera" }
+    );
+    let _ = writeln!(
+        md,
+        "| scenario | Tessera CPU % | Tessera µs/req | moto CPU % | moto µs/req |{} generator CPU % | other CPU % |",
+        if pg { " Postgres CPU % |" } else { "" }
+    );
+    let _ = writeln!(
+        md,
+        "|---|---:|---:|---:|---:|{}---:|---:|",
+        if pg { "---:|" } else { "" }
+    );
+    for (s, _, _) in &rows {
+        let per = |pct: f64| {
+            if s.ok == 0 {
+                0.0
+            } else {
+                pct / 100.0 * s.secs / s.ok as f64 * 1e6
+            }
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {:.0} | {:.0} | {:.0} | {:.0} |{} {:.0} | {:.0} |",
+            s.name,
+            s.server_cpu,
+            per(s.server_cpu),
+            s.moto_cpu,
+            per(s.moto_cpu),
+            if pg {
+                format!(" {:.0} |", s.db_cpu)
+            } else {
+                String::new()
+            },
+            s.gen_cpu,
+            s.other_cpu
+        );
+    }
+    let _ = writeln!(md, "\nNotes:\n");
+    for n in &r.notes {
+        let _ = writeln!(md, "- {n}.");
+    }
+    for (s, _, _) in &rows {
+        if let Some(n) = &s.note {
+            let _ = writeln!(md, "- {}: {n}.", s.name);
+        }
+        if s.errors > 0 || s.warmup_errors > 0 {
+            let _ = writeln!(
+                md,
+                "- {}: {} errors ({} during warm-up); first: `{}`",
+                s.name,
+                s.errors,
+                s.warmup_errors,
+                s.first_error.as_deref().unwrap_or("-").replace('`', "'")
+            );
+        }
+    }
+    md
 }

@@ -8,6 +8,8 @@
 #   BENCH_SECONDS=10 BENCH_CONCURRENCY=64 benches/run.sh
 #   BENCH_STORES=sqlite benches/run.sh  # one store only
 #   benches/run.sh --no-write           # extra arguments go to the bench
+#   benches/run.sh --only credentials   # only the AWS credential rows (moto)
+#   benches/run.sh --only standard      # everything but those
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -69,8 +71,41 @@ if [ "${#run_stores[@]}" -eq 0 ]; then
     exit 1
 fi
 
+# The AWS credential rows need moto (local AWS emulator): reuse the one
+# answering at TESSERA_TEST_MOTO_URL (default http://127.0.0.1:5005), or
+# start one with scripts/moto.sh and stop it afterwards. Skipped with
+# `--only standard`; without moto the bench leaves those rows out.
+want_moto=1
+prev=""
+for a in "$@"; do
+    if [ "$prev" = "--only" ] && [ "$a" = standard ]; then want_moto=0; fi
+    prev="$a"
+done
+moto_args=()
+started_moto=0
+if [ "$want_moto" = 1 ]; then
+    moto_url="${TESSERA_TEST_MOTO_URL:-http://127.0.0.1:5005}"
+    moto_url="${moto_url%/}"
+    if curl -fsS -m 2 -o /dev/null "$moto_url/moto-api/" 2>/dev/null; then
+        echo "run.sh: using moto already running at $moto_url" >&2
+    elif moto_url="$(TESSERA_TEST_MOTO_URL="$moto_url" scripts/moto.sh)"; then
+        started_moto=1
+        echo "run.sh: started moto at $moto_url" >&2
+    else
+        echo "run.sh: could not start moto; the AWS credential rows are left out" >&2
+        moto_url=""
+    fi
+    if [ -n "$moto_url" ]; then moto_args=(--moto-url "$moto_url"); fi
+fi
+stop_moto() {
+    if [ "$started_moto" = 1 ]; then
+        TESSERA_TEST_MOTO_URL="$moto_url" scripts/moto.sh stop || true
+    fi
+}
+trap stop_moto EXIT
+
 # One cargo invocation (release build, then the run) for every store, so
 # that all stores measure the same build even if the tree changes meanwhile.
 store_list="$(IFS=,; echo "${run_stores[*]}")"
-exec cargo bench --bench load -- --store "$store_list" --pg-url "$pg_url" \
-    --seconds "$seconds" --concurrency "$concurrency" "$@"
+cargo bench --bench load -- --store "$store_list" --pg-url "$pg_url" \
+    --seconds "$seconds" --concurrency "$concurrency" "${moto_args[@]}" "$@"
