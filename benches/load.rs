@@ -2916,7 +2916,7 @@ fn assume_role_form(role_arn: &str) -> anyhow::Result<String> {
         glue_table: Some("orders".into()),
         s3_prefix: "s3://lake/sales/orders/".into(),
     };
-    let policy = session::session_policy(&scope, session::Permission::Read)
+    let policy = session::session_policy(&scope, tessera::store::Permission::Read)
         .map_err(|e| anyhow!("session policy: {e}"))?;
     let mut f: Vec<(String, String)> = [
         ("Action", "AssumeRole".to_string()),

@@ -86,6 +86,15 @@ impl App {
 }
 
 impl App {
+    /// The datasets and grants as of the registry version this replica last
+    /// saw; a failure to load them is logged here and refuses the request.
+    pub async fn data_snapshot(&self) -> Result<Arc<crate::data::DataSnapshot>, ()> {
+        self.data
+            .snapshot(self.clients.version())
+            .await
+            .map_err(|e| tracing::error!(error = %e, "loading datasets failed"))
+    }
+
     /// Verifies a presented bearer token: one of Tessera's own (checked
     /// against the revocation set), or else one from a trusted issuer.
     pub async fn verify_presented(&self, token: &str) -> Result<Arc<VerifiedToken>, TokenError> {

@@ -201,11 +201,8 @@ pub struct DatasetScope {
     pub s3_prefix: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Permission {
-    Read,
-    Write,
-}
+/// The registry's permission: one type from the CLI to the session policy.
+pub use crate::store::Permission;
 
 /// The AWS account id in a role ARN (`arn:aws:iam::123456789012:role/x`).
 pub fn account_of_role_arn(role_arn: &str) -> Option<&str> {

@@ -7,8 +7,7 @@ use serde::Serialize;
 
 use crate::audit::{AuditLog, AuditRecord, Decision, Event};
 use crate::aws::lakeformation::{self, lf_permissions, DesiredGrant, Grant, LakeFormation};
-use crate::aws::session;
-use crate::store::{Dataset, Permission};
+use crate::store::Dataset;
 
 /// What a sync did (or, on a dry run, would do).
 #[derive(Debug, Serialize)]
@@ -49,19 +48,11 @@ pub fn desired(datasets: &[Dataset]) -> (Vec<DesiredGrant>, Vec<String>) {
             skipped.push(d.id.clone());
             continue;
         };
-        let perms: Vec<session::Permission> = d
-            .permissions
-            .iter()
-            .map(|p| match p {
-                Permission::Read => session::Permission::Read,
-                Permission::Write => session::Permission::Write,
-            })
-            .collect();
         grants.push(Grant {
             principal_arn: d.role_arn.clone(),
             database: d.glue_database.clone(),
             table: Some(table.clone()),
-            permissions: lf_permissions(&perms),
+            permissions: lf_permissions(&d.permissions),
         });
     }
     (grants, skipped)

@@ -77,14 +77,7 @@ async fn check_data(
         .or(rule.purpose.as_deref());
     let claims = &token.claims;
     let now = app.clock.now();
-    let snapshot = app
-        .data
-        .snapshot(app.clients.version())
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "loading datasets failed");
-        })
-        .map_err(Err)?;
+    let snapshot = app.data_snapshot().await.map_err(Err)?;
     // A delegated token: the client it was issued to acts for the person.
     let acting = match claims.act {
         Some(_) => Some(

@@ -182,13 +182,9 @@ pub async fn issue(
     rec.purpose = params.purpose.clone();
     rec.policy_version = Some(app.policy.current().version.clone());
     let snapshot = app
-        .data
-        .snapshot(app.clients.version())
+        .data_snapshot()
         .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "loading datasets failed");
-            OAuthError::TemporarilyUnavailable("dataset registry unavailable".into())
-        })?;
+        .map_err(|()| OAuthError::TemporarilyUnavailable("dataset registry unavailable".into()))?;
     let request = DataRequest {
         dataset: &params.dataset,
         permission: params.permission,
@@ -232,17 +228,13 @@ pub async fn issue(
         glue_table: dataset.glue_table.clone(),
         s3_prefix: dataset.s3_prefix.clone(),
     };
-    let aws_permission = match params.permission {
-        Permission::Read => session::Permission::Read,
-        Permission::Write => session::Permission::Write,
-    };
     let request = AssumeRequest {
         role_arn: dataset.role_arn.clone(),
         session_name: session::session_name(&person.sub),
         source_identity: session::source_identity(&person.sub),
         tags,
         transitive_tag_keys: transitive,
-        policy: session::session_policy(&scope, aws_permission)
+        policy: session::session_policy(&scope, params.permission)
             .map_err(|e| OAuthError::CloudDenied("session_policy_too_large", e.into()))?,
         // Credentials should not outlive the person's proof; AWS's 15-minute
         // minimum is the only excess.
