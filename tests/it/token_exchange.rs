@@ -1029,3 +1029,53 @@ async fn client_ids_and_actors_named_by_the_idp_are_namespaced_by_the_issuer() {
         json!({"sub": id, "act": {"sub": format!("corp:{id}")}})
     );
 }
+
+/// The client's own service token as actor_token, but expired, revoked or
+/// with a changed signature: each is refused, and the untouched token is
+/// accepted first so the refusals are about what was changed.
+#[tokio::test]
+async fn an_expired_revoked_or_tampered_actor_token_is_invalid_grant() {
+    let t = TestApp::start().await;
+    let (client, secret) = delegated_client(&t, "api", &["reports:read"], &[], None).await;
+    let user = t.human_token("alice", "portal", "reports:read");
+    let send = |actor: String| {
+        let (t, id, secret, user) = (&t, client.client_id.clone(), secret.clone(), user.clone());
+        async move { exchange_with_actor(t, (&id, &secret), &user, &actor, Some(ACCESS_TOKEN)).await }
+    };
+    let actor = t.service_token(&client, &secret, &[]).await;
+    assert_eq!(send(actor.clone()).await.status, 200);
+
+    let mut tampered = actor.clone();
+    let last = tampered.pop().unwrap();
+    tampered.push(if last == 'A' { 'B' } else { 'A' });
+    assert_error(&send(tampered).await, 400, "invalid_grant");
+
+    let jti = claims_of(&actor)["jti"].as_str().unwrap().to_string();
+    let app = t.app();
+    app.store
+        .revoke(&jti, app.clock.now() + 600, app.clock.now())
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while !app.revocations.is_revoked(&jti) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let r = send(actor).await;
+    assert_error(&r, 400, "invalid_grant");
+    assert!(r.text.contains("revoked"), "{}", r.text);
+
+    let fresh = t.service_token(&client, &secret, &[]).await;
+    t.clock.advance(3600);
+    // A subject minted now, so only the actor token has expired.
+    let user_now = t.human_token("alice", "portal", "reports:read");
+    let r = exchange_with_actor(
+        &t,
+        (&client.client_id, &secret),
+        &user_now,
+        &fresh,
+        Some(ACCESS_TOKEN),
+    )
+    .await;
+    assert_error(&r, 400, "invalid_grant");
+    assert!(r.text.contains("actor_token"), "{}", r.text);
+}
