@@ -117,36 +117,51 @@ struct Binding {
 /// `aws.credential_reuse_margin` before they expire.
 #[derive(Debug, Default)]
 pub struct CredentialCache {
-    entries: Mutex<HashMap<Binding, IssuedCredentials>>,
+    entries: Mutex<HashMap<Binding, Cached>>,
+}
+
+#[derive(Debug)]
+struct Cached {
+    creds: IssuedCredentials,
+    /// `now + DurationSeconds` on our clock when they were issued. Reuse
+    /// compares this, not STS's `Expiration`: STS stamps the expiry on its
+    /// own clock after the call, so the same ask could look a second
+    /// longer-lived than itself and be refused its own credentials.
+    deadline: i64,
 }
 
 const CACHE_CAPACITY: usize = 10_000;
 
 impl CredentialCache {
-    /// Fresh credentials for `key` that expire after `now + margin` but no
-    /// later than `latest` (never longer-lived than this request asked).
-    fn get(&self, key: &Binding, now: i64, margin: i64, latest: i64) -> Option<IssuedCredentials> {
+    /// Fresh credentials for `key`: still more than `margin` from expiry,
+    /// and living no longer than `duration_secs` from `now` (never
+    /// longer-lived than this request may have).
+    fn get(
+        &self,
+        key: &Binding,
+        now: i64,
+        margin: i64,
+        duration_secs: i32,
+    ) -> Option<IssuedCredentials> {
         let mut map = self.entries.lock();
-        match map.get(key) {
-            Some(c) if c.expiration - now > margin && c.expiration <= latest => Some(c.clone()),
-            Some(c) if c.expiration - now > margin => None,
-            Some(_) => {
-                map.remove(key);
-                None
-            }
-            None => None,
+        let c = map.get(key)?;
+        if c.deadline.min(c.creds.expiration) - now <= margin {
+            map.remove(key);
+            return None;
         }
+        (c.deadline - now <= i64::from(duration_secs)).then(|| c.creds.clone())
     }
 
-    fn put(&self, key: Binding, creds: IssuedCredentials, now: i64) {
+    fn put(&self, key: Binding, creds: IssuedCredentials, duration_secs: i32, now: i64) {
         let mut map = self.entries.lock();
         if map.len() >= CACHE_CAPACITY {
-            map.retain(|_, c| c.expiration > now);
+            map.retain(|_, c| c.deadline.min(c.creds.expiration) > now);
             if map.len() >= CACHE_CAPACITY {
                 map.clear();
             }
         }
-        map.insert(key, creds);
+        let deadline = now + i64::from(duration_secs);
+        map.insert(key, Cached { creds, deadline });
     }
 }
 
@@ -268,14 +283,14 @@ pub async fn issue(
         .aws
         .credential_reuse_margin
         .map(|m| m.as_secs() as i64);
-    let latest = now + i64::from(request.duration_secs);
-    let reused = margin.and_then(|m| app.credentials.get(&binding, now, m, latest));
+    let reused = margin.and_then(|m| app.credentials.get(&binding, now, m, request.duration_secs));
     let (creds, how) = match reused {
         Some(c) => (c, "reused"),
         None => {
             let c = app.broker.assume_role(&request).await.map_err(sts_error)?;
             if margin.is_some() {
-                app.credentials.put(binding, c.clone(), now);
+                app.credentials
+                    .put(binding, c.clone(), request.duration_secs, now);
             }
             (c, "issued")
         }
@@ -289,7 +304,9 @@ pub async fn issue(
         access_token: creds.session_token.clone(),
         issued_token_type: Some(AWS_CREDENTIALS),
         token_type: "N_A",
-        expires_in: (creds.expiration - now).max(0),
+        // Never more than was granted, even when STS's clock stamped the
+        // expiry a moment after ours.
+        expires_in: (creds.expiration - now).clamp(0, i64::from(request.duration_secs)),
         scope: params.permission.as_str().into(),
         credentials: Some(CredentialFields {
             access_key_id: creds.access_key_id,
@@ -299,4 +316,71 @@ pub async fn issue(
             assumed_role_arn: creds.assumed_role_arn,
         }),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn binding(user: &str) -> Binding {
+        Binding {
+            user: user.into(),
+            client: "orders-api".into(),
+            dataset: "sales.orders".into(),
+            permission: Permission::Read,
+            purpose: "analytics".into(),
+            role_arn: "arn:aws:iam::123456789012:role/sales-reader".into(),
+            policy: "{}".into(),
+        }
+    }
+
+    fn creds(key: &str, expiration: i64) -> IssuedCredentials {
+        IssuedCredentials {
+            access_key_id: key.into(),
+            secret_access_key: "secret".into(),
+            session_token: "token".into(),
+            expiration,
+            assumed_role_arn: "arn:aws:sts::123456789012:assumed-role/sales-reader/alice".into(),
+        }
+    }
+
+    #[test]
+    fn an_expiry_stamped_a_second_late_by_sts_is_still_reused_for_the_same_ask() {
+        let cache = CredentialCache::default();
+        let now = 1_000_000;
+        // STS's clock ran past ours: 900 s asked, 901 s stamped.
+        cache.put(binding("alice"), creds("ASIA1", now + 901), 900, now);
+        let got = cache.get(&binding("alice"), now + 1, 60, 900);
+        assert_eq!(got.map(|c| c.access_key_id).as_deref(), Some("ASIA1"));
+    }
+
+    #[test]
+    fn credentials_living_longer_than_asked_are_not_handed_out() {
+        let cache = CredentialCache::default();
+        let now = 1_000_000;
+        cache.put(binding("alice"), creds("ASIA1", now + 3600), 3600, now);
+        assert!(cache.get(&binding("alice"), now, 60, 900).is_none());
+        // ...but they serve an ask for as long or longer.
+        assert!(cache.get(&binding("alice"), now, 60, 3600).is_some());
+        assert!(cache.get(&binding("alice"), now, 60, 7200).is_some());
+        // Once only 900 s are left, a 900 s ask may have them.
+        assert!(cache.get(&binding("alice"), now + 2700, 60, 900).is_some());
+    }
+
+    #[test]
+    fn credentials_within_the_margin_of_expiry_are_dropped() {
+        let cache = CredentialCache::default();
+        let now = 1_000_000;
+        cache.put(binding("alice"), creds("ASIA1", now + 900), 900, now);
+        assert!(cache.get(&binding("alice"), now + 840, 60, 900).is_none());
+        assert!(cache.entries.lock().is_empty());
+    }
+
+    #[test]
+    fn credentials_are_never_reused_across_bindings() {
+        let cache = CredentialCache::default();
+        let now = 1_000_000;
+        cache.put(binding("alice"), creds("ASIA1", now + 900), 900, now);
+        assert!(cache.get(&binding("bob"), now, 60, 900).is_none());
+    }
 }
