@@ -48,6 +48,12 @@ pub struct AccessClaims {
     pub groups: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub act: Option<serde_json::Value>,
+    /// RFC 8693 §4.4: who may act for the subject next. Carried from the
+    /// subject token into a delegated token, in Tessera's namespace (each
+    /// entry names a client of the service issuer), so it binds every
+    /// further exchange too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub may_act: Option<serde_json::Value>,
 }
 
 impl AccessClaims {

@@ -311,6 +311,8 @@ impl TrustedIssuers {
             tenant,
             groups: groups.clone(),
             act,
+            // The IdP's may_act is in its own namespace: kept apart, in `upstream`.
+            may_act: None,
         };
         let verified = Arc::new(VerifiedToken {
             issuer: TokenIssuer::Trusted(cfg.name.clone()),

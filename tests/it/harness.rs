@@ -278,6 +278,7 @@ impl TestApp {
             tenant: "acme".into(),
             groups: Vec::new(),
             act: None,
+            may_act: None,
         }
     }
 

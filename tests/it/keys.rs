@@ -195,6 +195,7 @@ async fn retired_key_leaves_the_jwks_after_its_grace_and_its_tokens_are_refused(
         tenant: "acme".into(),
         groups: Vec::new(),
         act: None,
+        may_act: None,
     };
     let outliving = t.app().issuers.service.mint(&claims).unwrap();
     assert_eq!(kid_of(&outliving), old_kid);

@@ -180,7 +180,11 @@ async fn delegated_client(
 /// so that a test about token checks is not answered 503 by the key cache
 /// (see `an_exchange_during_the_first_key_fetch_waits_for_it_instead_of_503`).
 async fn start_with_keys(idp: &TestIdp) -> TestApp {
-    let t = start_with(idp).await;
+    wait_for_keys(start_with(idp).await).await
+}
+
+/// Waits (at most 5 s) until the keys of the trusted issuer "corp" are cached.
+async fn wait_for_keys(t: TestApp) -> TestApp {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
         let app = t.app();
@@ -419,26 +423,101 @@ async fn a_chain_at_max_delegation_depth_passes_and_one_beyond_is_invalid_grant(
     // Two actors already: product → first → zeroth (3 actors) is too deep.
     let mut claims = t.human_claims("alice", "portal", "reports:read");
     claims.act = Some(json!({"sub": "first", "act": {"sub": "zeroth"}}));
+    claims.client_id = id.clone();
     let too_deep = t.app().issuers.human.mint(&claims).unwrap();
     let r = exchange_for_api(&t, (&id, &secret), &too_deep, ACCESS_TOKEN).await;
     assert_error(&r, 400, "invalid_grant");
+    assert!(
+        r.text.contains("delegation chain would be longer than 2"),
+        "{}",
+        r.text
+    );
     let rec = assert_denied_audit(&t, "invalid_grant").await;
     assert_eq!(rec.subject.as_deref(), Some("alice"));
+    assert_eq!(rec.actor, Some(format!("{id} first zeroth")));
+}
+
+#[tokio::test]
+async fn an_upstream_act_counts_toward_the_delegation_depth() {
+    let idp = TestIdp::start().await;
+    let t = TestApp::builder()
+        .config(&idp.config(
+            "corp",
+            "human",
+            "refresh_min_interval = \"1s\"\n[oauth]\nmax_delegation_depth = 2",
+        ))
+        .start()
+        .await;
+    let t = wait_for_keys(t).await;
+    let (id, secret) = product(&t, "api", &["reports:read"]).await;
+    let one = idp.access_token("alice", "reports:read", json!({"act": {"sub": "gw"}}));
+    let r = exchange_for_api(&t, (&id, &secret), &one, ACCESS_TOKEN).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let two = idp.access_token(
+        "alice",
+        "reports:read",
+        json!({"act": {"sub": "gw", "act": {"sub": "edge"}}}),
+    );
+    let r = exchange_for_api(&t, (&id, &secret), &two, ACCESS_TOKEN).await;
+    assert_error(&r, 400, "invalid_grant");
+    assert!(r.text.contains("delegation chain"), "{}", r.text);
 }
 
 // ---------------------------------------------------------------------------
 // 4. may_act (RFC 8693 §4.4).
 
+fn service_iss(t: &TestApp) -> String {
+    format!("{}/issuers/service", t.base)
+}
+
 #[tokio::test]
-async fn may_act_naming_the_client_allows_the_exchange() {
+async fn may_act_naming_the_client_allows_the_exchange_and_is_carried_on() {
     let idp = TestIdp::start().await;
     let t = start_with_keys(&idp).await;
     let (id, secret) = product(&t, "api", &["reports:read"]).await;
-    let user = idp.access_token("alice", "reports:read", json!({"may_act": {"sub": id}}));
+    let may_act = json!({"sub": id, "iss": service_iss(&t)});
+    let user = idp.access_token("alice", "reports:read", json!({ "may_act": may_act }));
     let r = exchange_for_api(&t, (&id, &secret), &user, ACCESS_TOKEN).await;
     assert_eq!(r.status, 200, "{}", r.text);
     let claims = verify_human(&t, r.body["access_token"].as_str().unwrap(), "api").await;
     assert_eq!(claims["act"], json!({"sub": id}));
+    // It binds the next exchange of the delegated token too.
+    assert_eq!(claims["may_act"], may_act);
+}
+
+#[tokio::test]
+async fn may_act_of_an_idp_without_iss_names_the_idp_s_client_not_ours() {
+    let idp = TestIdp::start().await;
+    let t = start_with_keys(&idp).await;
+    let (id, secret) = product(&t, "api", &["reports:read"]).await;
+    // `sub` alone is in the IdP's namespace: its client "<id>" is not ours.
+    let user = idp.access_token("alice", "reports:read", json!({"may_act": {"sub": id}}));
+    let r = exchange_for_api(&t, (&id, &secret), &user, ACCESS_TOKEN).await;
+    assert_error(&r, 400, "invalid_grant");
+    assert!(r.text.contains("may_act"), "{}", r.text);
+    let other_iss = idp.access_token(
+        "alice",
+        "reports:read",
+        json!({"may_act": {"sub": id, "iss": idp.issuer}}),
+    );
+    let r = exchange_for_api(&t, (&id, &secret), &other_iss, ACCESS_TOKEN).await;
+    assert_error(&r, 400, "invalid_grant");
+}
+
+#[tokio::test]
+async fn may_act_on_a_tessera_token_is_enforced() {
+    let t = TestApp::start().await;
+    let (id, secret) = product(&t, "api", &["reports:read"]).await;
+    let mut claims = t.human_claims("alice", "portal", "reports:read");
+    claims.may_act = Some(json!({"sub": "someone-else"}));
+    let refused = t.app().issuers.human.mint(&claims).unwrap();
+    let r = exchange_for_api(&t, (&id, &secret), &refused, ACCESS_TOKEN).await;
+    assert_error(&r, 400, "invalid_grant");
+    assert!(r.text.contains("may_act"), "{}", r.text);
+    claims.may_act = Some(json!([{"sub": "someone-else"}, {"sub": id}]));
+    let allowed = t.app().issuers.human.mint(&claims).unwrap();
+    let r = exchange_for_api(&t, (&id, &secret), &allowed, ACCESS_TOKEN).await;
+    assert_eq!(r.status, 200, "{}", r.text);
 }
 
 #[tokio::test]
@@ -785,11 +864,168 @@ async fn an_audience_no_delegation_covers_is_invalid_target() {
             ("subject_token", &user),
             ("subject_token_type", ACCESS_TOKEN),
             ("audience", "billing"),
+            ("scope", "reports:read"),
         ],
     )
     .await;
     assert_error(&r, 400, "invalid_target");
-    assert_denied_audit(&t, "invalid_target").await;
+    let rec = assert_denied_audit(&t, "invalid_target").await;
+    // The refusal says what was asked, under which policy.
+    assert_eq!(rec.audience.as_deref(), Some("billing"));
+    assert_eq!(rec.scopes.as_deref(), Some("reports:read"));
+    assert_eq!(
+        rec.policy_version.as_deref(),
+        Some(t.app().policy.current().version.as_str())
+    );
+    assert_eq!(rec.subject.as_deref(), Some("alice"));
+}
+
+#[tokio::test]
+async fn no_audience_when_the_delegations_name_several_is_invalid_request() {
+    let t = TestApp::start().await;
+    let (client, secret) = delegated_client(&t, "api", &["reports:read"], &[], None).await;
+    let app = t.app();
+    add_delegation(
+        app.store.as_ref(),
+        NewDelegation {
+            client_id: client.client_id.clone(),
+            audiences: vec!["billing".into()],
+            scopes: vec!["reports:read".into()],
+            ..Default::default()
+        },
+        app.clock.now(),
+    )
+    .await
+    .unwrap();
+    let user = t.human_token("alice", "portal", "reports:read");
+    let r = exchange(
+        &t,
+        (&client.client_id, &secret),
+        &[
+            ("subject_token", &user),
+            ("subject_token_type", ACCESS_TOKEN),
+        ],
+    )
+    .await;
+    assert_error(&r, 400, "invalid_request");
+    assert!(r.text.contains("audience"), "{}", r.text);
+    assert_denied_audit(&t, "invalid_request").await;
+}
+
+#[tokio::test]
+async fn a_user_holding_none_of_the_delegated_scopes_is_invalid_scope() {
+    let t = TestApp::start().await;
+    let (id, secret) = product(&t, "api", &["reports:write"]).await;
+    let user = t.human_token("alice", "portal", "reports:read");
+    let r = exchange_for_api(&t, (&id, &secret), &user, ACCESS_TOKEN).await;
+    assert_error(&r, 400, "invalid_scope");
+    assert_denied_audit(&t, "invalid_scope").await;
+}
+
+#[tokio::test]
+async fn an_actor_named_for_another_audience_may_not_act_for_this_one() {
+    let t = TestApp::start().await;
+    let (other, other_secret) = t.client("acme", &["internal"], &[]).await;
+    // `other` may act beside the client for "billing" only.
+    let (client, secret) =
+        delegated_client(&t, "billing", &["reports:read"], &[&other.client_id], None).await;
+    let app = t.app();
+    add_delegation(
+        app.store.as_ref(),
+        NewDelegation {
+            client_id: client.client_id.clone(),
+            audiences: vec!["api".into()],
+            scopes: vec!["reports:read".into()],
+            ..Default::default()
+        },
+        app.clock.now(),
+    )
+    .await
+    .unwrap();
+    let actor = t.service_token(&other, &other_secret, &[]).await;
+    let user = t.human_token("alice", "portal", "reports:read");
+    let r = exchange_with_actor(
+        &t,
+        (&client.client_id, &secret),
+        &user,
+        &actor,
+        Some(ACCESS_TOKEN),
+    )
+    .await;
+    assert_error(&r, 400, "invalid_grant");
+    assert!(r.text.contains("may not act beside"), "{}", r.text);
+    // For "billing" the same actor token is accepted.
+    let r = exchange(
+        &t,
+        (&client.client_id, &secret),
+        &[
+            ("subject_token", &user),
+            ("subject_token_type", ACCESS_TOKEN),
+            ("audience", "billing"),
+            ("actor_token", &actor),
+            ("actor_token_type", ACCESS_TOKEN),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+}
+
+#[tokio::test]
+async fn an_actor_token_of_a_client_disabled_since_is_invalid_grant() {
+    let t = TestApp::start().await;
+    let (other, other_secret) = t.client("acme", &["internal"], &[]).await;
+    let (client, secret) =
+        delegated_client(&t, "api", &["reports:read"], &[&other.client_id], None).await;
+    let actor = t.service_token(&other, &other_secret, &[]).await;
+    let app = t.app();
+    assert!(app
+        .store
+        .set_disabled(&other.client_id, true, app.clock.now())
+        .await
+        .unwrap());
+    let user = t.human_token("alice", "portal", "reports:read");
+    // The registry change reaches the client cache within its poll interval.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    let r = loop {
+        let r = exchange_with_actor(
+            &t,
+            (&client.client_id, &secret),
+            &user,
+            &actor,
+            Some(ACCESS_TOKEN),
+        )
+        .await;
+        if r.status != 200 || std::time::Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_error(&r, 400, "invalid_grant");
+    assert!(r.text.contains("disabled"), "{}", r.text);
+}
+
+#[tokio::test]
+async fn an_oversized_actor_token_is_invalid_grant() {
+    let t = TestApp::start().await;
+    let (client, secret) = delegated_client(&t, "api", &["reports:read"], &[], None).await;
+    let user = t.human_token("alice", "portal", "reports:read");
+    let huge = format!(
+        "{}.{}.{}",
+        "e".repeat(6000),
+        "e".repeat(6000),
+        "e".repeat(100)
+    );
+    let r = exchange_with_actor(
+        &t,
+        (&client.client_id, &secret),
+        &user,
+        &huge,
+        Some(ACCESS_TOKEN),
+    )
+    .await;
+    assert_error(&r, 400, "invalid_grant");
+    assert!(r.text.contains("actor_token"), "{}", r.text);
+    assert_denied_audit(&t, "invalid_grant").await;
 }
 
 #[tokio::test]
@@ -1045,9 +1281,13 @@ async fn an_expired_revoked_or_tampered_actor_token_is_invalid_grant() {
     let actor = t.service_token(&client, &secret, &[]).await;
     assert_eq!(send(actor.clone()).await.status, 200);
 
-    let mut tampered = actor.clone();
-    let last = tampered.pop().unwrap();
-    tampered.push(if last == 'A' { 'B' } else { 'A' });
+    // A character in the middle of the signature (the last one's low bits
+    // may be padding that decoders ignore).
+    let (head, sig) = actor.rsplit_once('.').unwrap();
+    let mut sig = sig.as_bytes().to_vec();
+    let mid = sig.len() / 2;
+    sig[mid] = if sig[mid] == b'A' { b'B' } else { b'A' };
+    let tampered = format!("{head}.{}", String::from_utf8(sig).unwrap());
     assert_error(&send(tampered).await, 400, "invalid_grant");
 
     let jti = claims_of(&actor)["jti"].as_str().unwrap().to_string();

@@ -20,11 +20,10 @@ const SA_NAME: &str = "billing";
 const SA_SUBJECT: &str = "system:serviceaccount:payments:billing";
 
 /// The cluster as a trusted workload issuer. Service-account tokens carry
-/// no `tenant` claim and the server currently refuses such tokens
-/// (`missing_claim`) unless the entry names a default tenant, although
-/// README.md documents the entry without one. That defect is pinned by
-/// `the_documented_cluster_entry_without_default_tenant_accepts_bound_service_account_tokens`;
-/// the other tests name a default tenant so that each checks only what its
+/// no `tenant` claim; a workload's tenant is its bound client's, and the
+/// entry as README.md shows it (no `default_tenant`) is checked by
+/// `the_documented_cluster_entry_without_default_tenant_accepts_bound_service_account_tokens`.
+/// The other tests name a default tenant so that each checks only what its
 /// name says.
 fn cluster(idp: &TestIdp) -> String {
     idp.config("cluster", "workload", "default_tenant = \"acme\"")
@@ -474,6 +473,87 @@ async fn exchanging_a_bound_service_account_token_without_credentials_gives_the_
     );
     assert_eq!(rec.record.upstream_issuer.as_deref(), Some("cluster"));
     assert_eq!(rec.record.jti.as_deref(), claims["jti"].as_str());
+}
+
+#[tokio::test]
+async fn an_oversized_service_account_token_is_refused_as_a_client_assertion_and_as_a_subject() {
+    let idp = TestIdp::start().await;
+    let t = start(&idp).await;
+    bound_client(&t, SA_SUBJECT).await;
+    let mut c = idp.claims(SA_SUBJECT, "tessera");
+    c["pad"] = "a".repeat(16 * 1024).into();
+    let huge = idp.sign(&c);
+    let r = cc_with_assertion(&t, &huge, None).await;
+    assert_eq!((r.status, r.error()), (401, "invalid_client"), "{}", r.text);
+    let rec = last_client_auth(&t).await;
+    assert_eq!(rec.decision, "deny");
+    let r = exchange_anonymous(&t, &[("subject_token", &huge), ("subject_token_type", JWT)]).await;
+    assert!(r.status == 400 || r.status == 401, "{}", r.text);
+    assert!(r.body.get("access_token").is_none(), "{}", r.text);
+}
+
+#[tokio::test]
+async fn the_service_token_of_an_exchange_never_outlives_the_service_account_token() {
+    let idp = TestIdp::start().await;
+    let t = start(&idp).await;
+    bound_client(&t, SA_SUBJECT).await;
+    // Two minutes left, less than the service issuer's five-minute TTL.
+    let mut c = idp.claims(SA_SUBJECT, "tessera");
+    let sa_exp = c["iat"].as_i64().unwrap() + 120;
+    c["exp"] = sa_exp.into();
+    c["kubernetes.io"] =
+        json!({"namespace": NS, "serviceaccount": {"name": SA_NAME, "uid": "u-1"}});
+    let sa = idp.sign(&c);
+    let r = exchange_anonymous(&t, &[("subject_token", &sa), ("subject_token_type", JWT)]).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    // Tessera's clock is fixed at start; the cluster stamped `iat` a moment
+    // later on the real one, hence the few seconds of slack.
+    let expires_in = r.body["expires_in"].as_i64().unwrap();
+    assert!(
+        expires_in > 0 && expires_in <= 125,
+        "expires_in {expires_in}"
+    );
+    let claims = verify_service(&t, r.body["access_token"].as_str().unwrap(), "internal").await;
+    assert!(claims["exp"].as_i64().unwrap() <= sa_exp, "{claims}");
+}
+
+#[tokio::test]
+async fn the_policy_ttl_for_an_audience_caps_service_tokens_however_obtained() {
+    let idp = TestIdp::start().await;
+    let policy = format!(
+        "{}\n[audiences.internal]\nmax_token_ttl = \"60s\"\n",
+        include_str!("../../src/policy/builtin.toml")
+    );
+    let t = TestApp::builder()
+        .config(&cluster(&idp))
+        .policy(&policy)
+        .start()
+        .await;
+    bound_client(&t, SA_SUBJECT).await;
+    let sa = idp.service_account_token(NS, SA_NAME, "tessera");
+    let exchanged =
+        exchange_anonymous(&t, &[("subject_token", &sa), ("subject_token_type", JWT)]).await;
+    let asserted = cc_with_assertion(&t, &sa, None).await;
+    let (c, secret) = t.client("acme", &["internal"], &[]).await;
+    let plain = t
+        .post_form(
+            "/oauth2/token",
+            Some((&c.client_id, &secret)),
+            &[("grant_type", "client_credentials")],
+        )
+        .await;
+    for (how, r) in [
+        ("exchange", exchanged),
+        ("assertion", asserted),
+        ("secret", plain),
+    ] {
+        assert_eq!(r.status, 200, "{how}: {}", r.text);
+        let expires_in = r.body["expires_in"].as_i64().unwrap();
+        assert!(
+            expires_in > 0 && expires_in <= 60,
+            "{how}: expires_in {expires_in}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -68,10 +68,18 @@ pub fn validate(app: &App, client: &Client, params: Params) -> Result<Validated,
         }
     };
     let issuer = &app.config.issuers.service;
-    let ttl = client
+    let mut ttl = client
         .token_ttl
         .unwrap_or(issuer.token_ttl.as_secs() as i64)
         .min(issuer.max_token_ttl.as_secs() as i64);
+    // The route policy's cap for an audience binds every token issued for
+    // it, whichever way it was obtained.
+    let policy = app.policy.current();
+    for aud in &audiences {
+        if let Some(cap) = policy.audience_ttl.get(aud) {
+            ttl = ttl.min(cap.as_secs() as i64);
+        }
+    }
     Ok(Validated {
         audiences,
         scopes,
@@ -116,6 +124,7 @@ pub async fn issue_service_token(
         tenant: client.tenant.clone(),
         groups: Vec::new(),
         act: None,
+        may_act: None,
     };
     let access_token = issuer.mint(&claims)?;
     describe_token(rec, &claims);

@@ -170,6 +170,19 @@ pub async fn handle(
     params: Params,
     rec: &mut AuditRecord,
 ) -> Result<TokenResponse, OAuthError> {
+    // What was asked goes into the record first, so a refusal says it too.
+    if !params.targets.is_empty() {
+        rec.audience = Some(params.targets.join(" "));
+    }
+    if let Some(scope) = &params.scope {
+        rec.scopes = Some(scope.join(" "));
+    }
+    if let Some(aws) = &params.aws {
+        rec.dataset = Some(aws.dataset.clone());
+        rec.permission = Some(aws.permission.as_str().into());
+        rec.purpose = aws.purpose.clone();
+    }
+    rec.policy_version = Some(app.policy.current().version.clone());
     let subject = verify_subject(app, &params.subject_token).await?;
     rec.subject = Some(subject.claims.sub.clone());
     rec.upstream_issuer = subject.upstream.as_ref().map(|u| u.name.clone());
@@ -182,6 +195,25 @@ pub async fn handle(
         ));
     };
     delegate(app, caller, params, &subject, rec).await
+}
+
+fn registry_unavailable(e: anyhow::Error) -> OAuthError {
+    tracing::error!(error = %e, "client registry lookup failed");
+    OAuthError::TemporarilyUnavailable("client registry unavailable".into())
+}
+
+/// The lifetime of a token issued for `targets`: `ttl`, capped by the
+/// policy for each audience and by the presented token's expiry (what is
+/// issued never outlives the proof it was issued on).
+fn capped_ttl(app: &App, ttl: i64, targets: &[String], proof_exp: i64, now: i64) -> i64 {
+    let policy = app.policy.current();
+    let mut ttl = ttl;
+    for t in targets {
+        if let Some(cap) = policy.audience_ttl.get(t) {
+            ttl = ttl.min(cap.as_secs() as i64);
+        }
+    }
+    ttl.min(proof_exp.saturating_sub(now))
 }
 
 /// A workload's own identity for a service token of its bound client.
@@ -215,15 +247,13 @@ async fn exchange_workload(
             "subject_token is not valid: token audience is not accepted",
         ));
     }
+    let now = app.clock.now();
     let claims = &subject.claims;
     let bound = app
         .clients
         .workload_client(&claims.iss, &claims.sub)
         .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "workload binding lookup failed");
-            OAuthError::TemporarilyUnavailable("client registry unavailable".into())
-        })?
+        .map_err(registry_unavailable)?
         .ok_or_else(|| invalid_grant("the workload identity is not bound to any client"))?;
     if caller.is_some_and(|c| c.client.client_id != bound) {
         return Err(invalid_grant(
@@ -235,21 +265,19 @@ async fn exchange_workload(
         None => {
             let entry = app
                 .clients
-                .get(&bound, app.clock.now())
+                .get(&bound, now)
                 .await
-                .map_err(|e| {
-                    tracing::error!(error = %e, "client lookup failed");
-                    OAuthError::TemporarilyUnavailable("client registry unavailable".into())
-                })?
+                .map_err(registry_unavailable)?
                 .ok_or_else(|| invalid_grant("the workload identity is not bound to any client"))?;
             entry.client.clone()
         }
     };
     rec.client_id = Some(client.client_id.clone());
+    rec.tenant = Some(client.tenant.clone());
     if client.disabled {
         return Err(invalid_grant("the bound client is disabled"));
     }
-    let validated = client_credentials::validate(
+    let mut validated = client_credentials::validate(
         app,
         &client,
         client_credentials::Params {
@@ -257,6 +285,13 @@ async fn exchange_workload(
             targets: params.targets,
         },
     )?;
+    // Never outlives the service-account token it was issued on.
+    validated.ttl = validated.ttl.min(claims.exp.saturating_sub(now));
+    if validated.ttl <= 0 {
+        return Err(invalid_grant(
+            "subject_token is not valid: token has expired",
+        ));
+    }
     // The record describes the service token; the workload that asked is
     // named in the reason (its issuer is in upstream_issuer).
     let reason = format!("token_exchange: workload identity {}", claims.sub);
@@ -265,29 +300,23 @@ async fn exchange_workload(
     Ok(response)
 }
 
-/// What the client may do for users, for these audiences.
-fn covering<'a>(
-    delegations: &'a [Delegation],
-    targets: &[String],
-    now: i64,
-) -> Vec<&'a Delegation> {
-    delegations
-        .iter()
-        .filter(|d| d.is_live(now) && targets.iter().all(|t| d.audiences.contains(t)))
-        .collect()
-}
-
-/// Whether `may_act` (an object, or a list of them) admits `actor`.
-fn may_act_admits(may_act: &Value, actor: &str, service_iss: &str) -> bool {
+/// The entries of a `may_act` claim (an object, or a list of them) that
+/// name a client of Tessera's service issuer, as `{"sub", "iss"}` objects.
+/// On Tessera's own tokens an entry without `iss` is in Tessera's namespace;
+/// on an IdP's token it is in the IdP's namespace and names nothing here,
+/// so it never admits a Tessera client that happens to share the name.
+fn may_act_entries(may_act: &Value, service_iss: &str, own_token: bool) -> Vec<Value> {
     let one = |v: &Value| {
-        v.get("sub").and_then(Value::as_str) == Some(actor)
-            && v.get("iss")
-                .and_then(Value::as_str)
-                .is_none_or(|i| i == service_iss)
+        let sub = v.get("sub").and_then(Value::as_str)?;
+        let ours = match v.get("iss") {
+            None => own_token,
+            Some(i) => i.as_str() == Some(service_iss),
+        };
+        ours.then(|| json!({ "sub": sub, "iss": service_iss }))
     };
     match may_act {
-        Value::Array(items) => items.iter().any(one),
-        v => one(v),
+        Value::Array(items) => items.iter().filter_map(one).collect(),
+        v => one(v).into_iter().collect(),
     }
 }
 
@@ -306,7 +335,7 @@ async fn delegate(
     rec.tenant = Some(claims.tenant.clone());
 
     // Whose token is it? Only people can be acted for.
-    let form = match (subject.own_issuer(), &subject.upstream) {
+    let (form, may_act) = match (subject.own_issuer(), &subject.upstream) {
         (Some(IssuerKind::Human), _) => {
             // A token that already acts for the person may be carried one
             // step further only by the client holding it, never by any
@@ -316,7 +345,10 @@ async fn delegate(
                     "subject_token is a delegated token of another client",
                 ));
             }
-            TokenForm::AccessToken
+            (
+                TokenForm::AccessToken,
+                claims.may_act.as_ref().map(|m| (m, true)),
+            )
         }
         (Some(IssuerKind::Service), _) => {
             return Err(invalid_grant(
@@ -329,7 +361,7 @@ async fn delegate(
                     "subject_token is not valid: token audience is not accepted",
                 ));
             }
-            up.form
+            (up.form, up.may_act.as_ref().map(|m| (m, false)))
         }
         (None, None) => return Err(invalid_grant("subject_token is not valid")),
     };
@@ -344,22 +376,60 @@ async fn delegate(
         .clients
         .get(&client.client_id, now)
         .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "client lookup failed");
-            OAuthError::TemporarilyUnavailable("client registry unavailable".into())
-        })?
+        .map_err(registry_unavailable)?
         .ok_or_else(|| OAuthError::InvalidClient("client authentication failed".into()))?;
-    let live: Vec<Delegation> = entry
+    let live: Vec<&Delegation> = entry
         .delegations
         .iter()
         .filter(|d| d.is_live(now))
-        .cloned()
         .collect();
     if live.is_empty() {
         return Err(OAuthError::UnauthorizedClient(
             "client may not exchange tokens for users".into(),
         ));
     }
+
+    // For what: a dataset (AWS credentials), or audiences. Only the
+    // delegations covering it count from here on, for the actor too.
+    let (targets, covering): (Vec<String>, Vec<Delegation>) = match &params.aws {
+        Some(asked) => (
+            params.targets.clone(),
+            live.iter()
+                .filter(|d| d.datasets.contains(&asked.dataset))
+                .map(|d| (*d).clone())
+                .collect(),
+        ),
+        None => {
+            let targets = if params.targets.is_empty() {
+                let mut all: Vec<&String> = live.iter().flat_map(|d| &d.audiences).collect();
+                all.sort();
+                all.dedup();
+                match all.as_slice() {
+                    [one] => vec![(*one).clone()],
+                    _ => {
+                        return Err(OAuthError::invalid_request(
+                            "audience or resource is required: the client's delegations \
+                             name more than one audience",
+                        ))
+                    }
+                }
+            } else {
+                params.targets.clone()
+            };
+            rec.audience = Some(targets.join(" "));
+            let covering: Vec<Delegation> = live
+                .iter()
+                .filter(|d| targets.iter().all(|t| d.audiences.contains(t)))
+                .map(|d| (*d).clone())
+                .collect();
+            if covering.is_empty() {
+                return Err(OAuthError::InvalidTarget(
+                    "client may not obtain delegated tokens for this audience".into(),
+                ));
+            }
+            (targets, covering)
+        }
+    };
 
     // Who is acting: the client, or the service its actor_token names.
     let actor = match &params.actor_token {
@@ -376,22 +446,46 @@ async fn delegate(
                 return Err(invalid_grant("actor_token must be a service token"));
             }
             let owner = &verified.claims.client_id;
-            if *owner != client.client_id && !live.iter().any(|d| d.actors.contains(owner)) {
-                return Err(invalid_grant(
-                    "actor_token belongs to another client that may not act beside this one",
-                ));
+            if *owner != client.client_id {
+                if !covering.iter().any(|d| d.actors.contains(owner)) {
+                    return Err(invalid_grant(
+                        "actor_token belongs to another client that may not act beside \
+                         this one for this target",
+                    ));
+                }
+                // A client disabled since its token was issued acts no more.
+                let acting = app
+                    .clients
+                    .get(owner, now)
+                    .await
+                    .map_err(registry_unavailable)?;
+                if acting.is_none_or(|c| c.client.disabled) {
+                    return Err(invalid_grant("actor_token belongs to a disabled client"));
+                }
             }
             owner.clone()
         }
     };
     let service_iss = &app.issuers.service.iss;
-    if let Some(may_act) = subject.upstream.as_ref().and_then(|u| u.may_act.as_ref()) {
-        if !may_act_admits(may_act, &actor, service_iss) {
-            return Err(invalid_grant(
-                "the subject token's may_act does not allow this actor",
-            ));
+    let may_act = match may_act {
+        None => None,
+        Some((claim, own_token)) => {
+            let entries = may_act_entries(claim, service_iss, own_token);
+            if !entries
+                .iter()
+                .any(|e| e.get("sub").and_then(Value::as_str) == Some(actor.as_str()))
+            {
+                return Err(invalid_grant(
+                    "the subject token's may_act does not allow this actor",
+                ));
+            }
+            // Carried on, so it binds the next exchange of this token too.
+            Some(match <[Value; 1]>::try_from(entries) {
+                Ok([one]) => one,
+                Err(many) => Value::Array(many),
+            })
         }
-    }
+    };
     let mut act = json!({ "sub": actor });
     if let Some(previous) = &claims.act {
         act["act"] = previous.clone();
@@ -406,33 +500,12 @@ async fn delegate(
     }
 
     if let Some(asked) = params.aws {
-        return aws_credentials::issue(app, caller, subject, &live, asked, rec).await;
-    }
-
-    // Audience: asked for, or the one the delegations name.
-    let targets = if params.targets.is_empty() {
-        let mut all: Vec<String> = live.iter().flat_map(|d| d.audiences.clone()).collect();
-        all.sort();
-        all.dedup();
-        if all.len() != 1 {
-            return Err(OAuthError::InvalidTarget(
-                "audience or resource is required".into(),
-            ));
-        }
-        all
-    } else {
-        params.targets
-    };
-    let candidates = covering(&live, &targets, now);
-    if candidates.is_empty() {
-        return Err(OAuthError::InvalidTarget(
-            "client may not obtain delegated tokens for this audience".into(),
-        ));
+        return aws_credentials::issue(app, caller, subject, &covering, asked, rec).await;
     }
 
     // Scopes: asked ∩ delegation ∩ what the person holds.
     let mut allowed: Vec<String> = Vec::new();
-    for d in &candidates {
+    for d in &covering {
         for s in &d.scopes {
             if !allowed.contains(s) {
                 allowed.push(s.clone());
@@ -455,24 +528,28 @@ async fn delegate(
             }
             asked
         }
-        None => allowed
-            .into_iter()
-            .filter(|s| claims.has_scope(s))
-            .collect(),
+        None => {
+            let held: Vec<String> = allowed
+                .iter()
+                .filter(|s| claims.has_scope(s))
+                .cloned()
+                .collect();
+            // Delegations that name scopes, none of which the person holds:
+            // an empty intersection, not an unscoped token.
+            if held.is_empty() && !allowed.is_empty() {
+                return Err(OAuthError::InvalidScope(
+                    "the user holds none of the scopes the client may obtain for users".into(),
+                ));
+            }
+            held
+        }
     };
 
     // Lifetime: the issuer's, capped by the policy for each audience and by
     // the subject token (a delegation never outlives the person's proof).
     let human = &app.config.issuers.human;
-    let policy = app.policy.current();
-    rec.policy_version = Some(policy.version.clone());
-    let mut ttl = human.token_ttl.min(human.max_token_ttl).as_secs() as i64;
-    for t in &targets {
-        if let Some(cap) = policy.audience_ttl.get(t) {
-            ttl = ttl.min(cap.as_secs() as i64);
-        }
-    }
-    ttl = ttl.min(claims.exp - now);
+    let base = human.token_ttl.min(human.max_token_ttl).as_secs() as i64;
+    let ttl = capped_ttl(app, base, &targets, claims.exp, now);
     if ttl <= 0 {
         return Err(invalid_grant(
             "subject_token is not valid: token has expired",
@@ -494,6 +571,7 @@ async fn delegate(
         tenant: claims.tenant.clone(),
         groups: claims.groups.clone(),
         act: Some(act),
+        may_act,
     };
     let access_token = issuer.mint(&minted)?;
     describe_token(rec, &minted);
@@ -515,26 +593,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn may_act_forms() {
+    fn may_act_entries_are_read_in_tessera_s_namespace_only() {
         let iss = "https://t/issuers/service";
-        assert!(may_act_admits(&json!({"sub": "app"}), "app", iss));
-        assert!(may_act_admits(
-            &json!({"sub": "app", "iss": iss}),
-            "app",
-            iss
-        ));
-        assert!(!may_act_admits(
-            &json!({"sub": "app", "iss": "https://x"}),
-            "app",
-            iss
-        ));
-        assert!(!may_act_admits(&json!({"sub": "other"}), "app", iss));
-        assert!(may_act_admits(
-            &json!([{"sub": "x"}, {"sub": "app"}]),
-            "app",
-            iss
-        ));
-        assert!(!may_act_admits(&json!("app"), "app", iss));
+        let subs = |v: Value, own| -> Vec<String> {
+            may_act_entries(&v, iss, own)
+                .iter()
+                .map(|e| e["sub"].as_str().unwrap().to_string())
+                .collect()
+        };
+        // Without iss: ours on Tessera's tokens, the IdP's on an IdP's.
+        assert_eq!(subs(json!({"sub": "app"}), true), ["app"]);
+        assert!(subs(json!({"sub": "app"}), false).is_empty());
+        assert_eq!(subs(json!({"sub": "app", "iss": iss}), false), ["app"]);
+        assert!(subs(json!({"sub": "app", "iss": "https://x"}), true).is_empty());
+        assert_eq!(
+            subs(json!([{"sub": "x", "iss": iss}, {"sub": "app"}]), false),
+            ["x"]
+        );
+        assert!(subs(json!("app"), true).is_empty());
+        assert!(subs(json!({"sub": 7}), true).is_empty());
+        // What is carried on names the issuer explicitly.
+        assert_eq!(
+            may_act_entries(&json!({"sub": "app"}), iss, true),
+            [json!({"sub": "app", "iss": iss})]
+        );
     }
 
     #[test]
