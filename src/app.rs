@@ -89,6 +89,11 @@ impl App {
     /// The datasets and grants as of the registry version this replica last
     /// saw; a failure to load them is logged here and refuses the request.
     pub async fn data_snapshot(&self) -> Result<Arc<crate::data::DataSnapshot>, ()> {
+        if self.clients.is_stale() {
+            // A grant revoked since the last poll could still allow.
+            tracing::error!("registry has not been polled successfully recently");
+            return Err(());
+        }
         self.data
             .snapshot(self.clients.version())
             .await

@@ -257,21 +257,6 @@ fn check_dataset(new: &NewDataset) -> anyhow::Result<()> {
         bail!("dataset id must be 1 to 128 letters, digits, '.', '_' or '-'");
     }
     check_label("tenant", &new.tenant)?;
-    let role_ok = new.role_arn.starts_with("arn:aws")
-        && new.role_arn.split(':').nth(2) == Some("iam")
-        && new
-            .role_arn
-            .split(':')
-            .nth(4)
-            .is_some_and(|a| a.len() == 12 && a.bytes().all(|b| b.is_ascii_digit()))
-        && new
-            .role_arn
-            .split(':')
-            .nth(5)
-            .is_some_and(|r| r.starts_with("role/") && r.len() > 5);
-    if !role_ok {
-        bail!("role ARN must look like arn:aws:iam::123456789012:role/NAME");
-    }
     check_label("Glue database", &new.glue_database)?;
     match (&new.glue_table, &new.lf_tag_expression) {
         (Some(t), None) => check_label("Glue table", t)?,
@@ -295,16 +280,15 @@ fn check_dataset(new: &NewDataset) -> anyhow::Result<()> {
         }
         _ => bail!("name either a Glue table or an LF-Tag expression"),
     }
-    let prefix_ok = new
-        .s3_prefix
-        .strip_prefix("s3://")
-        .and_then(|rest| rest.split_once('/'))
-        .is_some_and(|(bucket, _)| !bucket.is_empty())
-        && new.s3_prefix.ends_with('/')
-        && !new.s3_prefix.contains('*');
-    if !prefix_ok {
-        bail!("S3 prefix must look like s3://bucket/path/ (ending in /)");
-    }
+    // The same checks the session policy makes, so a dataset that could
+    // never be served is refused here rather than at every exchange.
+    crate::aws::session::check_dataset_resources(
+        &new.role_arn,
+        &new.glue_database,
+        new.glue_table.as_deref(),
+        &new.s3_prefix,
+    )
+    .map_err(anyhow::Error::msg)?;
     if new.permissions.is_empty() {
         bail!("at least one permission (read, write) is required");
     }
@@ -385,6 +369,15 @@ pub async fn add_grant(
         bail!("no dataset {:?}", new.dataset_id);
     };
     check_label(new.grantee_type.as_str(), &new.grantee)?;
+    // A tenant grant for another tenant could never match anyone (a person
+    // of another tenant is refused first): refuse it as the mistake it is.
+    if new.grantee_type == Grantee::Tenant && new.grantee != dataset.tenant {
+        bail!(
+            "dataset {:?} belongs to tenant {:?}; a tenant grant must name that tenant",
+            dataset.id,
+            dataset.tenant
+        );
+    }
     if !dataset.permissions.contains(&new.permission) {
         bail!(
             "dataset {:?} does not allow {}",

@@ -98,6 +98,9 @@ pub enum DataDenial {
     GrantExpired,
     /// The acting client holds no delegation for this dataset and permission.
     NoDelegation,
+    /// The grant or delegation that allows the request ends sooner than the
+    /// shortest credentials AWS issues (15 minutes).
+    EndsTooSoon,
 }
 
 impl DataDenial {
@@ -114,6 +117,7 @@ impl DataDenial {
             DataDenial::PurposeNotGranted => "purpose_not_granted",
             DataDenial::GrantExpired => "grant_expired",
             DataDenial::NoDelegation => "no_delegation",
+            DataDenial::EndsTooSoon => "grant_ends_too_soon",
         }
     }
 
@@ -132,8 +136,38 @@ impl DataDenial {
             DataDenial::NoDelegation => {
                 "the acting client may not use this dataset with this permission for users"
             }
+            DataDenial::EndsTooSoon => {
+                "the grant or delegation ends before the shortest credentials would"
+            }
         }
     }
+
+    /// What the caller is told. A dataset of another tenant is reported as
+    /// unknown, so its existence (and its purposes and permissions) cannot be
+    /// probed across tenants; the audit record keeps the real reason.
+    pub fn shown(self) -> DataDenial {
+        match self {
+            DataDenial::OtherTenant => DataDenial::UnknownDataset,
+            d => d,
+        }
+    }
+}
+
+/// What allowed a data request.
+#[derive(Debug, Clone)]
+pub struct Authorized<'s> {
+    pub dataset: &'s Dataset,
+    /// The purpose in force (empty when the dataset names none).
+    pub purpose: String,
+    /// When the grant (and delegation) that allowed it end, Unix seconds;
+    /// `None`: they do not expire. Of several that would allow it, the
+    /// longest-lived counts.
+    pub until: Option<i64>,
+}
+
+/// The later of two expiries, `None` meaning never.
+fn later(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    Some(a?.max(b?))
 }
 
 /// What is asked of a dataset.
@@ -160,20 +194,24 @@ fn grant_matches_person(g: &DatasetGrant, person: &AccessClaims) -> bool {
 }
 
 /// Decides a data request for `person` (with `actor` when a client acts
-/// for them). Returns the dataset and the purpose in force.
+/// for them).
 pub fn authorize<'s>(
     snapshot: &'s DataSnapshot,
     person: &AccessClaims,
     actor: Option<Actor<'_>>,
     req: DataRequest<'_>,
     now: i64,
-) -> Result<(&'s Dataset, String), DataDenial> {
+) -> Result<Authorized<'s>, DataDenial> {
+    if person.principal != Principal::Human {
+        return Err(DataDenial::NotAPerson);
+    }
     let dataset = snapshot
         .datasets
         .get(req.dataset)
         .ok_or(DataDenial::UnknownDataset)?;
-    if person.principal != Principal::Human {
-        return Err(DataDenial::NotAPerson);
+    // Before anything about the dataset is looked at (see `shown`).
+    if person.tenant != dataset.tenant {
+        return Err(DataDenial::OtherTenant);
     }
     if !dataset.permissions.iter().any(|p| p.covers(req.permission)) {
         return Err(DataDenial::PermissionNotAllowed);
@@ -182,16 +220,18 @@ pub fn authorize<'s>(
         Some(p) if !dataset.purposes.is_empty() && !dataset.purposes.iter().any(|d| d == p) => {
             return Err(DataDenial::PurposeNotAllowed)
         }
+        // Free-form where the dataset names none, but as bounded as a
+        // registered purpose: it goes into headers, tags and the audit.
+        Some(p) if p.trim().is_empty() || p.len() > 128 || p.chars().any(char::is_control) => {
+            return Err(DataDenial::PurposeNotAllowed)
+        }
         Some(p) => p.to_string(),
         None if !dataset.purposes.is_empty() => return Err(DataDenial::PurposeRequired),
         None => String::new(),
     };
-    if person.tenant != dataset.tenant {
-        return Err(DataDenial::OtherTenant);
-    }
     // The most precise reason wins: the closest a grant came to allowing.
     let mut closest = DataDenial::NoGrant;
-    let mut granted = false;
+    let mut granted: Option<Option<i64>> = None;
     for g in snapshot
         .grants
         .get(&dataset.id)
@@ -213,25 +253,38 @@ pub fn authorize<'s>(
         } else if !g.is_live(now) {
             closest = DataDenial::GrantExpired;
         } else {
-            granted = true;
-            break;
+            granted = Some(match granted {
+                None => g.expires_at,
+                Some(until) => later(until, g.expires_at),
+            });
         }
     }
-    if !granted {
+    let Some(mut until) = granted else {
         return Err(closest);
-    }
+    };
     if let Some(actor) = actor {
-        let delegated = actor.delegations.iter().any(|d| {
-            d.client_id == actor.client_id
-                && d.is_live(now)
-                && d.datasets.iter().any(|id| *id == dataset.id)
-                && d.permissions.iter().any(|p| p.covers(req.permission))
-        });
-        if !delegated {
-            return Err(DataDenial::NoDelegation);
-        }
+        let delegated = actor
+            .delegations
+            .iter()
+            .filter(|d| {
+                d.client_id == actor.client_id
+                    && d.is_live(now)
+                    && d.datasets.contains(&dataset.id)
+                    && d.permissions.iter().any(|p| p.covers(req.permission))
+            })
+            .map(|d| d.expires_at)
+            .reduce(later)
+            .ok_or(DataDenial::NoDelegation)?;
+        until = match (until, delegated) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
     }
-    Ok((dataset, purpose))
+    Ok(Authorized {
+        dataset,
+        purpose,
+        until,
+    })
 }
 
 #[cfg(test)]
@@ -289,6 +342,7 @@ mod tests {
             tenant: tenant.into(),
             groups: groups.iter().map(|s| s.to_string()).collect(),
             act: None,
+            may_act: None,
         }
     }
 
@@ -318,7 +372,7 @@ mod tests {
         ]);
         let code = |who: &AccessClaims, p, purpose, now| {
             authorize(&snap, who, None, ask(p, purpose), now)
-                .map(|(_, purpose)| purpose)
+                .map(|a| a.purpose)
                 .map_err(|d| d.code())
         };
         let alice = person("alice", "acme", &[]);
@@ -413,5 +467,65 @@ mod tests {
             Err("no_delegation")
         );
         assert_eq!(decide(actor(other), Permission::Read), Err("no_delegation"));
+    }
+
+    #[test]
+    fn the_allowing_grant_and_delegation_bound_how_long_access_lasts() {
+        use Permission::*;
+        let alice = person("alice", "acme", &["finance"]);
+        let delegation = |expires_at| Delegation {
+            id: "d".into(),
+            client_id: "product".into(),
+            audiences: vec![],
+            scopes: vec![],
+            actors: vec![],
+            datasets: vec!["sales.orders".into()],
+            permissions: vec![Read],
+            created_at: 0,
+            expires_at,
+        };
+        let until = |grants: Vec<DatasetGrant>, delegations: &[Delegation]| {
+            let snap = snapshot(grants);
+            let actor = (!delegations.is_empty()).then_some(Actor {
+                client_id: "product",
+                delegations,
+            });
+            authorize(&snap, &alice, actor, ask(Read, Some("analytics")), 10).map(|a| a.until)
+        };
+        let user = grant(Grantee::User, "alice", Read, &[], Some(500));
+        let group = grant(Grantee::Group, "finance", Read, &[], Some(800));
+        let forever = grant(Grantee::Tenant, "acme", Read, &[], None);
+        // Of the grants that allow it, the longest-lived counts.
+        assert_eq!(until(vec![user.clone(), group.clone()], &[]), Ok(Some(800)));
+        assert_eq!(until(vec![user.clone(), forever.clone()], &[]), Ok(None));
+        // A delegation ending sooner bounds it further.
+        assert_eq!(
+            until(vec![group.clone()], &[delegation(Some(300))]),
+            Ok(Some(300))
+        );
+        assert_eq!(
+            until(
+                vec![forever.clone()],
+                &[delegation(None), delegation(Some(300))]
+            ),
+            Ok(None)
+        );
+        assert_eq!(
+            until(vec![forever], &[delegation(Some(300))]),
+            Ok(Some(300))
+        );
+        assert_eq!(until(vec![user], &[delegation(None)]), Ok(Some(500)));
+    }
+
+    #[test]
+    fn another_tenant_s_dataset_looks_unknown_to_the_caller() {
+        let snap = snapshot(vec![]);
+        let eve = person("eve", "other", &[]);
+        // Even a purpose the dataset does not allow tells nothing about it.
+        let denial = authorize(&snap, &eve, None, ask(Permission::Read, Some("nope")), 0)
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(denial, DataDenial::OtherTenant);
+        assert_eq!(denial.shown(), DataDenial::UnknownDataset);
     }
 }

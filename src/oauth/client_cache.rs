@@ -7,15 +7,20 @@
 //! also re-read at once, so a fresh secret works immediately).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
 
 use crate::store::{Client, ClientStore, Delegation, SecretDigest};
 
 pub const SYNC_INTERVAL: Duration = Duration::from_millis(250);
+
+/// A replica whose registry version has not been confirmed for this long
+/// may be missing a revoked grant or delegation: data decisions made on its
+/// snapshot fail closed (503) until a poll succeeds again.
+pub const MAX_STALENESS: Duration = Duration::from_secs(5);
 
 /// Most clients kept; past that the cache starts over.
 const CAPACITY: usize = 10_000;
@@ -46,6 +51,9 @@ pub struct ClientCache {
     entries: RwLock<HashMap<String, Arc<CachedClient>>>,
     /// Workload identity (issuer, subject) → client id; `None` caches "unbound".
     workloads: RwLock<HashMap<(String, String), Option<String>>>,
+    /// Milliseconds after `started` of the last successful poll.
+    fresh_at: AtomicU64,
+    started: Instant,
 }
 
 impl std::fmt::Debug for ClientCache {
@@ -64,6 +72,8 @@ impl ClientCache {
             version: AtomicI64::new(version),
             entries: RwLock::new(HashMap::new()),
             workloads: RwLock::new(HashMap::new()),
+            fresh_at: AtomicU64::new(0),
+            started: Instant::now(),
         })
     }
 
@@ -135,9 +145,19 @@ impl ClientCache {
         self.version.load(Ordering::Acquire)
     }
 
+    /// Whether the registry version is too old to trust (the store has not
+    /// answered a poll for [`MAX_STALENESS`]).
+    pub fn is_stale(&self) -> bool {
+        let since_start = self.started.elapsed().as_millis() as u64;
+        since_start.saturating_sub(self.fresh_at.load(Ordering::Relaxed))
+            > MAX_STALENESS.as_millis() as u64
+    }
+
     /// One poll: drop everything when the registry changed.
     pub async fn sync(&self) -> anyhow::Result<()> {
         let version = self.store.registry_version().await?;
+        self.fresh_at
+            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
         if version != self.version.load(Ordering::Acquire) {
             let mut entries = self.entries.write();
             let mut workloads = self.workloads.write();

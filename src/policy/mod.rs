@@ -336,6 +336,14 @@ impl Denial {
         }
     }
 
+    /// The reason the caller is told; [`Denial::code`] is what is audited.
+    pub fn shown_code(&self) -> &'static str {
+        match self {
+            Denial::Data(d) => d.shown().code(),
+            d => d.code(),
+        }
+    }
+
     pub fn description(&self, rule: Option<&Rule>) -> String {
         let rule_name = rule.map_or("-", |r| r.name.as_str());
         match self {
@@ -362,7 +370,7 @@ impl Denial {
             Denial::DelegationForbidden => {
                 format!("rule {rule_name} does not accept delegated tokens")
             }
-            Denial::Data(d) => d.description().into(),
+            Denial::Data(d) => d.shown().description().into(),
         }
     }
 }
@@ -486,6 +494,7 @@ mod tests {
                 tenant: tenant.into(),
                 groups: Vec::new(),
                 act: None,
+                may_act: None,
             },
         }
     }

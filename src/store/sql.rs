@@ -476,6 +476,23 @@ macro_rules! sql_store {
             async fn delete_dataset(&self, id: &str) -> anyhow::Result<bool> {
                 let mut tx = self.pool.begin().await?;
                 sqlx::query("DELETE FROM dataset_grants WHERE dataset_id = $1").bind(id).execute(&mut *tx).await?;
+                // Delegations lose the dataset too: one created later under
+                // the same id must not inherit who could reach the old one.
+                let rows: Vec<(String, String)> = sqlx::query_as("SELECT id, datasets FROM delegations")
+                    .fetch_all(&mut *tx)
+                    .await?;
+                for (delegation, datasets) in rows {
+                    let mut list: Vec<String> = serde_json::from_str(&datasets)?;
+                    let before = list.len();
+                    list.retain(|d| d != id);
+                    if list.len() != before {
+                        sqlx::query("UPDATE delegations SET datasets = $1 WHERE id = $2")
+                            .bind(serde_json::to_string(&list)?)
+                            .bind(&delegation)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                }
                 let done = sqlx::query("DELETE FROM datasets WHERE id = $1").bind(id).execute(&mut *tx).await?;
                 sqlx::query(BUMP_REGISTRY).execute(&mut *tx).await?;
                 tx.commit().await?;

@@ -329,16 +329,24 @@ async fn a_request_naming_no_purpose_is_refused_purpose_required() {
 }
 
 #[tokio::test]
-async fn a_person_of_another_tenant_is_refused_other_tenant() {
+async fn a_person_of_another_tenant_is_told_the_dataset_is_unknown_and_audited_other_tenant() {
     let t = start().await;
     grant(&t, DS, Grantee::User, "alice", Permission::Read, &[], None).await;
     let mut claims = t.human_claims("alice", "data", "");
     claims.tenant = "globex".into();
     let token = t.app().issuers.human.mint(&claims).unwrap();
     let r = data_request(&t, "GET", PART, &token, Some("analytics")).await;
-    assert_refused(&r, "other_tenant");
+    // The same answer as for a dataset that does not exist, so another
+    // tenant's datasets cannot be discovered...
+    assert_refused(&r, "unknown_dataset");
+    // ...while the audit record keeps the real reason.
     let rec = last_authz(&t).await;
     assert!(rec.reason.starts_with("other_tenant"), "{rec:?}");
+    let missing = data_request(&t, "GET", "/data/nope.orders/x", &token, Some("analytics")).await;
+    assert_eq!(r.status, missing.status);
+    for field in ["error", "error_description", "reason"] {
+        assert_eq!(r.body[field], missing.body[field], "{field}");
+    }
     assert_eq!(rec.tenant.as_deref(), Some("globex"));
 }
 
@@ -1221,4 +1229,137 @@ async fn cli_delegation_add_with_a_dataset_and_no_audience_prints_the_datasets_a
         .run_json(&["delegation", "list", "--client", client_id])
         .await;
     assert_eq!(listed, json!([d]));
+}
+
+#[tokio::test]
+async fn a_replica_that_cannot_poll_the_registry_refuses_data_requests_and_audits_why() {
+    let t = start().await;
+    grant(&t, DS, Grantee::User, "alice", Permission::Read, &[], None).await;
+    let token = person(&t, "alice");
+    let (c, secret) = t.client("acme", &["internal"], &[]).await;
+    let svc = t.service_token(&c, &secret, &[]).await;
+    let r = data_request(&t, "GET", PART, &token, Some("analytics")).await;
+    assert_allowed(&r, "alice", "analytics");
+    // The store stops answering registry polls: a grant revoked now would
+    // go unseen, so data decisions stop once the snapshot is too old.
+    crate::audit::RawDb::open(&t)
+        .await
+        .exec("DROP TABLE registry_version")
+        .await
+        .unwrap();
+    let deadline =
+        Instant::now() + tessera::oauth::client_cache::MAX_STALENESS + Duration::from_secs(3);
+    let mut r = data_request(&t, "GET", PART, &token, Some("analytics")).await;
+    while r.status == 200 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        r = data_request(&t, "GET", PART, &token, Some("analytics")).await;
+    }
+    assert_eq!(r.status, 503, "{}", r.text);
+    assert_eq!(r.error(), "temporarily_unavailable", "{}", r.text);
+    assert!(r.header("x-tessera-dataset").is_none());
+    let rec = last_authz(&t).await;
+    assert_eq!(rec.decision, "deny", "{rec:?}");
+    assert!(
+        rec.reason.starts_with("data_registry_unavailable"),
+        "{rec:?}"
+    );
+    assert_eq!(rec.dataset.as_deref(), Some(DS));
+    // Routes that do not touch the registry's data still pass.
+    assert_eq!(t.authz("GET", "/internal/x", Some(&svc)).await.status, 200);
+}
+
+#[tokio::test]
+async fn a_deleted_dataset_leaves_no_delegation_behind_for_one_created_later_under_its_id() {
+    let t = start().await;
+    let mut hr = sales_orders();
+    hr.id = "hr.people".into();
+    dataset(&t, hr).await;
+    let (client, _) = t.client("acme", &["internal"], &[]).await;
+    let app = t.app();
+    add_delegation(
+        app.store.as_ref(),
+        NewDelegation {
+            client_id: client.client_id.clone(),
+            datasets: vec![DS.into(), "hr.people".into()],
+            permissions: vec![Permission::Read],
+            ..Default::default()
+        },
+        app.clock.now(),
+    )
+    .await
+    .unwrap();
+    assert!(app.store.delete_dataset(DS).await.unwrap());
+    let left = app
+        .store
+        .delegations(Some(&client.client_id))
+        .await
+        .unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].datasets, vec!["hr.people".to_string()]);
+}
+
+#[tokio::test]
+async fn the_registry_refuses_what_could_never_be_served() {
+    let t = start().await;
+    let app = t.app();
+    // A tenant grant naming another tenant than the dataset's.
+    let e = add_grant(
+        app.store.as_ref(),
+        NewGrant {
+            dataset_id: DS.into(),
+            grantee_type: Grantee::Tenant,
+            grantee: "globex".into(),
+            permission: Permission::Read,
+            purposes: vec![],
+            expires_at: None,
+        },
+        app.clock.now(),
+    )
+    .await
+    .unwrap_err();
+    assert!(e.to_string().contains("tenant"), "{e}");
+    // Datasets whose AWS settings no session policy could be made from.
+    type Change = Box<dyn Fn(&mut NewDataset)>;
+    let cases: Vec<(Change, &str)> = vec![
+        (
+            Box::new(|d| d.glue_table = Some("orders*".into())),
+            "Glue table",
+        ),
+        (
+            Box::new(|d| d.glue_database = "sales/x".into()),
+            "Glue database",
+        ),
+        (
+            Box::new(|d| d.role_arn = "arn:aws:iam::123456789012:role/".into()),
+            "role ARN",
+        ),
+        (
+            Box::new(|d| d.role_arn = "arn:aws:iam::123456789012:user/x".into()),
+            "role ARN",
+        ),
+        (
+            Box::new(|d| d.s3_prefix = "s3://Bad_Bucket/x/".into()),
+            "bucket",
+        ),
+        (
+            Box::new(|d| d.s3_prefix = "s3://lake/a?b/".into()),
+            "not allowed",
+        ),
+    ];
+    for (change, want) in cases {
+        let mut d = sales_orders();
+        d.id = "other.ds".into();
+        change(&mut d);
+        let e = create_dataset(app.store.as_ref(), d, app.clock.now())
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains(want), "{want}: {e}");
+    }
+    // Another partition is fine.
+    let mut cn = sales_orders();
+    cn.id = "cn.orders".into();
+    cn.role_arn = "arn:aws-cn:iam::123456789012:role/sales".into();
+    create_dataset(app.store.as_ref(), cn, app.clock.now())
+        .await
+        .unwrap();
 }
