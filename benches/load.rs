@@ -2910,6 +2910,7 @@ fn assume_role_form(role_arn: &str) -> anyhow::Result<String> {
     use tessera::aws::session;
     let user = "user-0000";
     let scope = session::DatasetScope {
+        partition: "aws".into(),
         region: "us-east-1".into(),
         account: "123456789012".into(),
         glue_database: "sales".into(),

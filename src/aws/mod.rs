@@ -83,11 +83,16 @@ impl fmt::Debug for IssuedCredentials {
 pub enum StsError {
     /// The request itself was refused, locally (before any call) or by
     /// STS: `AccessDenied` (role missing, or its trust policy does not let
-    /// Tessera assume it), `MalformedPolicyDocument`, `PackedPolicyTooLarge`
-    /// (policy plus tags too large once packed), `ValidationError`, and any
-    /// other 4xx. Retrying the same request will not help.
+    /// Tessera assume it), `MalformedPolicyDocument`, `ValidationError`, and
+    /// any other 4xx but the one below. Retrying the same request will not help.
     #[error("refused: {0}")]
     Denied(String),
+    /// `PackedPolicyTooLarge`: the session policy and tags, as STS packs
+    /// them, exceed its limit. Tessera checks the plain sizes before the
+    /// call, but the packed size has no documented formula, so this is
+    /// told apart: the dataset's policy or the tag values need shortening.
+    #[error("refused, packed policy too large: {0}")]
+    PackedPolicyTooLarge(String),
     /// STS throttled the call (`Throttling`, HTTP 429) even after a retry.
     #[error("throttled by STS: {0}")]
     Throttled(String),

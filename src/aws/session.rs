@@ -164,31 +164,41 @@ pub fn validate_tags(tags: &[(String, String)], transitive: &[String]) -> Result
     Ok(())
 }
 
-/// Makes an arbitrary string a valid tag value: characters AWS does not
-/// allow become `_`, a leading `aws:` gets a `u-` in front, and the result
-/// is cut to 256 characters. Lossy on purpose: the exact user id goes into
-/// the audit record, the tag is for policies and CloudTrail.
+/// Makes an arbitrary string a valid tag value, injectively: two distinct
+/// strings never get the same value, so a policy keyed on a tag (say
+/// `${aws:PrincipalTag/tessera-user}`) cannot confuse two users.
+///
+/// - A string that is already a valid value and does not start with `=` is
+///   kept as it is (readable in CloudTrail and in policies).
+/// - Otherwise it becomes `=` and its base64url (no padding) when that fits
+///   in 256 characters (user ids up to 190 bytes),
+/// - and otherwise `=.` and the hex SHA-256 of it.
+///
+/// Base64url digits never include `.`, so the three forms cannot meet.
+/// The exact value always goes into the audit record too.
 pub fn tag_value(s: &str) -> String {
-    let mut out = String::with_capacity(s.len().min(TAG_VALUE_MAX * 4));
-    if reserved_prefix(s) {
-        out.push_str("u-");
+    use base64::Engine as _;
+    let verbatim = !s.starts_with('=')
+        && !reserved_prefix(s)
+        && utf16_len(s) <= TAG_VALUE_MAX
+        && s.chars().all(tag_char);
+    if verbatim {
+        return s.to_string();
     }
-    let mut len = utf16_len(&out);
-    for c in s.chars() {
-        let c = if tag_char(c) { c } else { '_' };
-        if len + c.len_utf16() > TAG_VALUE_MAX {
-            break;
-        }
-        len += c.len_utf16();
-        out.push(c);
+    let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s.as_bytes());
+    if encoded.len() < TAG_VALUE_MAX {
+        return format!("={encoded}");
     }
-    out
+    let digest = ring::digest::digest(&ring::digest::SHA256, s.as_bytes());
+    format!("=.{}", hex::encode(digest.as_ref()))
 }
 
 /// The Glue/S3 resources of one dataset, which the session policy narrows
 /// the role's permissions to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DatasetScope {
+    /// The AWS partition (`aws`, `aws-cn`, `aws-us-gov`), from the role ARN.
+    pub partition: String,
     pub region: String,
     /// The AWS account of the Glue catalog, taken from the role ARN.
     pub account: String,
@@ -206,8 +216,14 @@ pub use crate::store::Permission;
 
 /// The AWS account id in a role ARN (`arn:aws:iam::123456789012:role/x`).
 pub fn account_of_role_arn(role_arn: &str) -> Option<&str> {
+    role_arn_parts(role_arn).map(|(_, account)| account)
+}
+
+/// The partition and account of a role ARN
+/// (`arn:PARTITION:iam::ACCOUNT:role/NAME`), `None` if it is not one.
+pub fn role_arn_parts(role_arn: &str) -> Option<(&str, &str)> {
     let mut parts = role_arn.splitn(6, ':');
-    let (arn, _partition, service, _region, account) = (
+    let (arn, partition, service, _region, account) = (
         parts.next()?,
         parts.next()?,
         parts.next()?,
@@ -216,11 +232,16 @@ pub fn account_of_role_arn(role_arn: &str) -> Option<&str> {
     );
     let resource = parts.next()?;
     (arn == "arn"
+        && partition.starts_with("aws")
+        && partition
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b == b'-')
         && service == "iam"
         && account.len() == 12
         && account.bytes().all(|b| b.is_ascii_digit())
+        && resource.len() > "role/".len()
         && resource.starts_with("role/"))
-    .then_some(account)
+    .then_some((partition, account))
 }
 
 /// Glue database and table names: letters, digits, `_` and `-`. Anything
@@ -272,35 +293,82 @@ fn split_s3(s3: &str) -> Result<(&str, &str), String> {
     Ok((bucket, prefix))
 }
 
+/// Why no session policy could be made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    /// The dataset's (or the region's) settings cannot make a safe policy.
+    #[error("{0}")]
+    Invalid(String),
+    /// The policy would be longer than AWS accepts.
+    #[error("{0}")]
+    TooLarge(String),
+}
+
+/// Checks a dataset's AWS settings as the session policy will use them:
+/// the role ARN, the Glue names and the S3 location. Run when a dataset is
+/// registered, so a dataset that cannot be served is refused then.
+pub fn check_dataset_resources(
+    role_arn: &str,
+    glue_database: &str,
+    glue_table: Option<&str>,
+    s3_prefix: &str,
+) -> Result<(), String> {
+    role_arn_parts(role_arn).ok_or_else(|| {
+        format!("role ARN {role_arn:?} must look like arn:aws:iam::123456789012:role/NAME")
+    })?;
+    glue_name("Glue database", glue_database)?;
+    if let Some(table) = glue_table {
+        glue_name("Glue table", table)?;
+    }
+    split_s3(s3_prefix)?;
+    Ok(())
+}
+
 /// The inline session policy that narrows the dataset's role to its Glue
-/// database (or table) and S3 prefix, for reading or for writing. Compact
-/// JSON; an error if anything in `scope` is malformed or the policy is
-/// longer than AWS accepts (2048 characters).
+/// database (or table) and S3 prefix, for reading or for writing (which
+/// includes reading, multipart uploads and their clean-up). Compact JSON.
 ///
 /// The effective permissions are the intersection of this and the role's
 /// own policies (and Lake Formation's grants), so this can only narrow.
-pub fn session_policy(scope: &DatasetScope, permission: Permission) -> Result<String, String> {
+pub fn session_policy(scope: &DatasetScope, permission: Permission) -> Result<String, PolicyError> {
+    use PolicyError::Invalid;
+    if scope.partition.is_empty()
+        || !scope.partition.starts_with("aws")
+        || !scope
+            .partition
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b == b'-')
+    {
+        return Err(Invalid(format!(
+            "partition {:?} is not an AWS partition",
+            scope.partition
+        )));
+    }
     if scope.region.is_empty()
         || !scope
             .region
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
     {
-        return Err(format!(
+        return Err(Invalid(format!(
             "region {:?} is not a valid AWS region",
             scope.region
-        ));
+        )));
     }
     if scope.account.len() != 12 || !scope.account.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!("account {:?} must be 12 digits", scope.account));
+        return Err(Invalid(format!(
+            "account {:?} must be 12 digits",
+            scope.account
+        )));
     }
-    glue_name("Glue database", &scope.glue_database)?;
+    glue_name("Glue database", &scope.glue_database).map_err(Invalid)?;
     if let Some(table) = &scope.glue_table {
-        glue_name("Glue table", table)?;
+        glue_name("Glue table", table).map_err(Invalid)?;
     }
-    let (bucket, prefix) = split_s3(&scope.s3_prefix)?;
+    let (bucket, prefix) = split_s3(&scope.s3_prefix).map_err(Invalid)?;
 
-    let glue = format!("arn:aws:glue:{}:{}", scope.region, scope.account);
+    let partition = &scope.partition;
+    let glue = format!("arn:{partition}:glue:{}:{}", scope.region, scope.account);
     let db = &scope.glue_database;
     let table = scope.glue_table.as_deref().unwrap_or("*");
     let glue_resources = json!([
@@ -324,22 +392,27 @@ pub fn session_policy(scope: &DatasetScope, permission: Permission) -> Result<St
             "glue:DeletePartition",
             "glue:BatchDeletePartition",
         ]);
-        object_actions.extend(["s3:PutObject", "s3:DeleteObject"]);
+        object_actions.extend([
+            "s3:PutObject",
+            "s3:DeleteObject",
+            "s3:AbortMultipartUpload",
+            "s3:ListMultipartUploadParts",
+        ]);
     }
     let policy = json!({
         "Version": "2012-10-17",
         "Statement": [
             {"Sid": "Glue", "Effect": "Allow", "Action": glue_actions, "Resource": glue_resources},
             {"Sid": "Objects", "Effect": "Allow", "Action": object_actions,
-             "Resource": format!("arn:aws:s3:::{bucket}/{prefix}*")},
+             "Resource": format!("arn:{partition}:s3:::{bucket}/{prefix}*")},
             {"Sid": "List", "Effect": "Allow", "Action": "s3:ListBucket",
-             "Resource": format!("arn:aws:s3:::{bucket}"),
+             "Resource": format!("arn:{partition}:s3:::{bucket}"),
              "Condition": {"StringLike": {"s3:prefix": [format!("{prefix}*")]}}},
             {"Sid": "LakeFormation", "Effect": "Allow", "Action": "lakeformation:GetDataAccess",
              "Resource": "*"},
         ],
     });
-    check_policy(&policy_text(&policy))
+    check_policy(&policy_text(&policy)).map_err(PolicyError::TooLarge)
 }
 
 fn policy_text(policy: &Value) -> String {
@@ -527,25 +600,48 @@ mod tests {
             "a*b?c\"d\n",
             "aws:root",
             "AWS:root",
+            "=already",
             &"é".repeat(300),
             &"😀".repeat(200),
             &"𝔸".repeat(200),
+            &"x".repeat(257),
             "",
         ] {
             let v = tag_value(s);
             validate_tags(&[("k".into(), v.clone())], &[]).unwrap_or_else(|e| panic!("{s:?}: {e}"));
         }
         assert_eq!(tag_value("alice smith"), "alice smith");
-        assert_eq!(tag_value("a*b"), "a_b");
-        assert_eq!(tag_value("aws:x"), "u-aws:x");
-        assert_eq!(tag_value(&"é".repeat(300)).chars().count(), 256);
-        // Emoji are symbols, not letters; astral letters count twice.
-        assert_eq!(tag_value("😀"), "_");
-        assert_eq!(tag_value(&"𝔸".repeat(200)).chars().count(), 128);
+        assert_eq!(tag_value("alice@example.com"), "alice@example.com");
+        assert_eq!(tag_value(""), "");
+        assert_eq!(tag_value("a*b"), "=YSpi");
+        assert_eq!(tag_value("aws:x"), "=YXdzOng");
+        assert_eq!(tag_value("=x"), "=PXg");
+        let long = tag_value(&"é".repeat(300));
+        assert!(long.starts_with("=.") && long.len() == 66, "{long}");
+    }
+
+    #[test]
+    fn tag_values_of_distinct_strings_never_meet() {
+        // Each pair would meet under a lossy mapping (replace, cut, prefix).
+        let pairs = [
+            ("a*b", "a_b"),
+            ("a*b", "a?b"),
+            ("aws:x", "u-aws:x"),
+            ("=YSpi", "a*b"),
+            (&"x".repeat(300) as &str, &"x".repeat(301) as &str),
+            (
+                &format!("{}*", "y".repeat(200)),
+                &format!("{}?", "y".repeat(200)),
+            ),
+        ];
+        for (a, b) in pairs {
+            assert_ne!(tag_value(a), tag_value(b), "{a:?} / {b:?}");
+        }
     }
 
     fn scope(table: Option<&str>) -> DatasetScope {
         DatasetScope {
+            partition: "aws".into(),
             region: "eu-west-1".into(),
             account: "123456789012".into(),
             glue_database: "sales".into(),
@@ -619,7 +715,13 @@ mod tests {
         }
         assert_eq!(
             st[1]["Action"],
-            json!(["s3:GetObject", "s3:PutObject", "s3:DeleteObject"])
+            json!([
+                "s3:GetObject",
+                "s3:PutObject",
+                "s3:DeleteObject",
+                "s3:AbortMultipartUpload",
+                "s3:ListMultipartUploadParts"
+            ])
         );
         assert!(text.len() <= POLICY_MAX_CHARS);
     }
@@ -677,7 +779,8 @@ mod tests {
             let mut s = scope(Some("orders"));
             change(&mut s);
             let e = session_policy(&s, Permission::Read).unwrap_err();
-            assert!(e.contains(want), "{s:?}: {e}");
+            assert!(matches!(e, PolicyError::Invalid(_)), "{s:?}: {e:?}");
+            assert!(e.to_string().contains(want), "{s:?}: {e}");
         }
     }
 
@@ -687,7 +790,8 @@ mod tests {
         s.glue_database = "d".repeat(255);
         s.s3_prefix = format!("s3://data-lake/{}/", "p".repeat(900));
         let e = session_policy(&s, Permission::Write).unwrap_err();
-        assert!(e.contains("at most 2048"), "{e}");
+        assert!(matches!(e, PolicyError::TooLarge(_)), "{e:?}");
+        assert!(e.to_string().contains("at most 2048"), "{e}");
     }
 
     #[test]

@@ -118,6 +118,7 @@ fn classify(status: u16, code: &str, text: String) -> StsError {
         | "ThrottlingException"
         | "RequestLimitExceeded"
         | "TooManyRequestsException" => StsError::Throttled(text),
+        "PackedPolicyTooLarge" => StsError::PackedPolicyTooLarge(text),
         // Tessera's own credentials or region, not the request.
         "InvalidClientTokenId"
         | "ExpiredToken"
@@ -146,7 +147,7 @@ mod tests {
         ));
         assert!(matches!(
             t(400, "PackedPolicyTooLarge"),
-            StsError::Denied(_)
+            StsError::PackedPolicyTooLarge(_)
         ));
         assert!(matches!(t(400, "ValidationError"), StsError::Denied(_)));
         assert!(matches!(t(400, "Throttling"), StsError::Throttled(_)));

@@ -29,6 +29,7 @@ const USER: &str = "Alice Smith <alice@example.com>";
 
 fn request(role_arn: &str) -> AssumeRequest {
     let scope = DatasetScope {
+        partition: "aws".into(),
         region: "us-east-1".into(),
         account: account_of_role_arn(role_arn).unwrap().into(),
         glue_database: "sales".into(),
@@ -102,7 +103,8 @@ async fn assume_role_sends_names_tags_policy_and_duration() {
         ("Tags.member.1.Key", "user".into()),
         (
             "Tags.member.1.Value",
-            "Alice Smith _alice@example.com_".into(),
+            // Not a valid tag value as it is ("<", ">"): base64url of it.
+            "=QWxpY2UgU21pdGggPGFsaWNlQGV4YW1wbGUuY29tPg".into(),
         ),
         ("Tags.member.2.Key", "service".into()),
         ("Tags.member.2.Value", "reports".into()),
@@ -274,7 +276,7 @@ async fn sts_errors_are_sorted_into_denied_throttled_unavailable() {
     let cases: [(u16, &str, &str, usize); 6] = [
         (403, "AccessDenied", "denied", 1),
         (400, "MalformedPolicyDocument", "denied", 1),
-        (400, "PackedPolicyTooLarge", "denied", 1),
+        (400, "PackedPolicyTooLarge", "packed", 1),
         (403, "InvalidClientTokenId", "unavailable", 1),
         // Retried once (aws::MAX_ATTEMPTS), then given up.
         (400, "Throttling", "throttled", aws::MAX_ATTEMPTS as usize),
@@ -291,6 +293,7 @@ async fn sts_errors_are_sorted_into_denied_throttled_unavailable() {
         let err = b.assume_role(&request(&role)).await.unwrap_err();
         let text = match (&err, kind) {
             (StsError::Denied(t), "denied")
+            | (StsError::PackedPolicyTooLarge(t), "packed")
             | (StsError::Throttled(t), "throttled")
             | (StsError::Unavailable(t), "unavailable") => t.clone(),
             _ => panic!("{code}: expected {kind}, got {err:?}"),

@@ -279,19 +279,27 @@ async fn a_person_with_a_grant_gets_credentials_bound_to_them_and_the_issue_is_a
     trans.sort();
     assert!(!trans.is_empty(), "TransitiveTagKeys sent");
     assert_eq!(trans, keys, "every session tag is transitive");
-    let policy = s.field("Policy").expect("a session policy");
-    let _: Value = serde_json::from_str(&policy).expect("the policy is JSON");
-    assert!(
-        policy.contains(&format!("arn:aws:s3:::{BUCKET}/sales/orders/")),
-        "{policy}"
-    );
-    assert!(
-        policy.contains(&format!("arn:aws:s3:::{BUCKET}\"")),
-        "{policy}"
-    );
-    assert!(policy.contains("table/sales/orders"), "{policy}");
-    assert!(policy.contains("s3:GetObject"), "{policy}");
-    assert!(!policy.contains("s3:PutObject"), "read only: {policy}");
+    let policy: Value =
+        serde_json::from_str(&s.field("Policy").expect("a session policy")).expect("JSON");
+    let glue = format!("arn:aws:glue:us-east-1:{ACCOUNT}");
+    let read_only = serde_json::json!({
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Sid": "Glue", "Effect": "Allow",
+             "Action": ["glue:GetDatabase", "glue:GetTable", "glue:GetTables",
+                        "glue:GetPartition", "glue:GetPartitions"],
+             "Resource": [format!("{glue}:catalog"), format!("{glue}:database/sales"),
+                          format!("{glue}:table/sales/orders")]},
+            {"Sid": "Objects", "Effect": "Allow", "Action": ["s3:GetObject"],
+             "Resource": format!("arn:aws:s3:::{BUCKET}/sales/orders/*")},
+            {"Sid": "List", "Effect": "Allow", "Action": "s3:ListBucket",
+             "Resource": format!("arn:aws:s3:::{BUCKET}"),
+             "Condition": {"StringLike": {"s3:prefix": ["sales/orders/*"]}}},
+            {"Sid": "LakeFormation", "Effect": "Allow",
+             "Action": "lakeformation:GetDataAccess", "Resource": "*"},
+        ],
+    });
+    assert_eq!(policy, read_only, "exactly the dataset, read only");
     assert!(
         !s.body.contains(secret.as_str()),
         "the client secret is not sent to STS"
@@ -341,7 +349,7 @@ async fn the_asked_duration_is_clamped_to_aws_minimum_and_the_dataset_maximum() 
     let (id, secret) = product(&t, &[DS], &[Permission::Read]).await;
     let alice = person_token(&t, "alice");
 
-    for (asked, sent) in [("600", 900), ("7200", 3600), ("1800", 1800)] {
+    for (asked, sent) in [("900", 900), ("7200", 3600), ("1800", 1800)] {
         let r = credentials(&t, (&id, &secret), &alice, &[("expires_in", asked)]).await;
         assert_eq!(r.status, 200, "expires_in {asked}: {}", r.text);
         let expires_in = r.body["expires_in"].as_i64().unwrap();
@@ -356,7 +364,8 @@ async fn the_asked_duration_is_clamped_to_aws_minimum_and_the_dataset_maximum() 
             "asked {asked}"
         );
     }
-    for bad in ["0", "-5", "soon"] {
+    // Shorter than AWS's 15 minutes cannot be met without exceeding the ask.
+    for bad in ["0", "-5", "soon", "600", "899"] {
         let r = credentials(&t, (&id, &secret), &alice, &[("expires_in", bad)]).await;
         assert_refused(&r, 400, "invalid_request", None);
     }
@@ -514,7 +523,15 @@ async fn refusals_name_their_reason_and_nothing_is_sent_to_sts() {
     claims.tenant = "other".into();
     let other = t.app().issuers.human.mint(&claims).unwrap();
     let r = credentials(&t, p, &other, &[]).await;
-    assert_refused(&r, 400, "invalid_target", Some("other_tenant"));
+    // Told the same as for a dataset that does not exist; audited as it is.
+    assert_refused(&r, 400, "invalid_target", Some("unknown_dataset"));
+    let rec = last_exchange(&t).await;
+    assert!(rec.reason.contains("(other_tenant)"), "{}", rec.reason);
+    let unknown = credentials(&t, p, &other, &[("resource", "urn:tessera:dataset:nope")]).await;
+    assert_eq!(
+        r.body["error_description"],
+        unknown.body["error_description"]
+    );
 
     // A service token is no person.
     let (svc_client, svc_secret) = t.client("acme", &["internal"], &["svc:own"]).await;
@@ -572,14 +589,20 @@ async fn an_expired_or_revoked_grant_is_refused_before_sts() {
     assert!(t.app().store.remove_grant(&g.id).await.unwrap());
     let bob = person_token(&t, "bob");
     let deadline = Instant::now() + Duration::from_secs(3);
-    let r = loop {
+    let (r, calls_before) = loop {
+        let before = moto.recorded_action("AssumeRole").await.len();
         let r = credentials(&t, (&id, &secret), &bob, &[]).await;
         if r.status != 200 || Instant::now() >= deadline {
-            break r;
+            break (r, before);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_refused(&r, 400, "invalid_target", Some("no_grant"));
+    assert_eq!(
+        moto.recorded_action("AssumeRole").await.len(),
+        calls_before,
+        "the refusal made no STS call"
+    );
     // Calls made before the revocation reached the cache may have reached
     // STS; none after. Those are bob's, never alice's.
     for s in moto.recorded_action("AssumeRole").await {
@@ -748,9 +771,17 @@ async fn sts_access_denied_is_403_invalid_target_sts_denied_and_audited() {
     let (t, (id, secret), alice) = ready_at(&url, "sts_timeout = \"20s\"").await;
     let r = credentials(&t, (&id, &secret), &alice, &[]).await;
     assert_refused(&r, 403, "invalid_target", Some("sts_denied"));
+    // AWS's own words (accounts, roles, policies) stay out of the answer...
+    assert!(!r.text.contains("not allowed to assume"), "{}", r.text);
     let rec = last_exchange(&t).await;
     assert_eq!(rec.decision, "deny", "{rec:?}");
     assert!(rec.reason.contains("sts_denied"), "{}", rec.reason);
+    // ...and go to the audit record.
+    assert!(
+        rec.reason.contains("not allowed to assume"),
+        "{}",
+        rec.reason
+    );
     assert_eq!(
         rec.role_arn.as_deref(),
         Some(format!("arn:aws:iam::{ACCOUNT}:role/sales-reader").as_str())
@@ -1109,4 +1140,183 @@ async fn credentials_do_not_outlive_the_subject_token_beyond_the_aws_minimum() {
         sent.last().unwrap().field("DurationSeconds").as_deref(),
         Some("900")
     );
+}
+
+#[tokio::test]
+async fn credentials_never_outlive_the_grant_or_delegation_that_allowed_them() {
+    let moto = Moto::start().await;
+    let t = start_at(&moto.url, "credential_reuse_margin = \"0s\"").await;
+    let role = moto.create_role("sales-reader").await;
+    dataset(&t, sales_orders(DS, &role, &["analytics"])).await;
+    let now = t.clock.now();
+    user_grant(
+        &t,
+        DS,
+        "alice",
+        Permission::Read,
+        &["analytics"],
+        Some(now + 1500),
+    )
+    .await;
+    user_grant(
+        &t,
+        DS,
+        "bob",
+        Permission::Read,
+        &["analytics"],
+        Some(now + 600),
+    )
+    .await;
+    user_grant(&t, DS, "carol", Permission::Read, &["analytics"], None).await;
+    let (id, secret) = product(&t, &[DS], &[Permission::Read]).await;
+    let duration = |sent: &[Recorded]| sent.last().unwrap().field("DurationSeconds");
+
+    // The grant ends in 25 minutes: so do the credentials.
+    let r = credentials(&t, (&id, &secret), &person_token(&t, "alice"), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(r.body["expires_in"].as_i64().unwrap() <= 1500, "{}", r.text);
+    assert_eq!(
+        duration(&moto.recorded_action("AssumeRole").await).as_deref(),
+        Some("1500")
+    );
+
+    // Ten minutes left is less than AWS's shortest credentials: refused.
+    let r = credentials(&t, (&id, &secret), &person_token(&t, "bob"), &[]).await;
+    assert_refused(&r, 400, "invalid_target", Some("grant_ends_too_soon"));
+    assert_eq!(moto.recorded_action("AssumeRole").await.len(), 1);
+
+    // A delegation ending sooner than the grant bounds them too.
+    let app = t.app();
+    let (short, short_secret) = t.client("acme", &["internal"], &[]).await;
+    add_delegation(
+        app.store.as_ref(),
+        NewDelegation {
+            client_id: short.client_id.clone(),
+            datasets: vec![DS.into()],
+            permissions: vec![Permission::Read],
+            expires_at: Some(now + 1000),
+            ..Default::default()
+        },
+        now,
+    )
+    .await
+    .unwrap();
+    let r = credentials(
+        &t,
+        (&short.client_id, &short_secret),
+        &person_token(&t, "carol"),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        duration(&moto.recorded_action("AssumeRole").await).as_deref(),
+        Some("1000")
+    );
+}
+
+#[tokio::test]
+async fn users_whose_ids_a_lossy_mapping_would_merge_get_distinct_tags() {
+    let moto = Moto::start().await;
+    let t = start_at(&moto.url, "credential_reuse_margin = \"0s\"").await;
+    let role = moto.create_role("sales-reader").await;
+    dataset(&t, sales_orders(DS, &role, &["analytics"])).await;
+    let (id, secret) = product(&t, &[DS], &[Permission::Read]).await;
+    let users = ["a*b", "a_b", "a?b"];
+    for u in users {
+        user_grant(&t, DS, u, Permission::Read, &["analytics"], None).await;
+    }
+    for u in users {
+        let r = credentials(&t, (&id, &secret), &person_token(&t, u), &[]).await;
+        assert_eq!(r.status, 200, "{u}: {}", r.text);
+    }
+    let sent = moto.recorded_action("AssumeRole").await;
+    let user_tags: Vec<String> = sent
+        .iter()
+        .map(|s| tags(s).get("tessera-user").cloned().unwrap())
+        .collect();
+    assert_eq!(user_tags.len(), 3);
+    assert_eq!(user_tags[1], "a_b", "a valid id is kept as it is");
+    let distinct: std::collections::BTreeSet<_> = user_tags.iter().collect();
+    assert_eq!(distinct.len(), 3, "{user_tags:?}");
+    let names: std::collections::BTreeSet<_> = sent
+        .iter()
+        .map(|s| s.field("SourceIdentity").unwrap())
+        .collect();
+    assert_eq!(names.len(), 3, "{names:?}");
+    for v in &user_tags {
+        assert!(valid_tag_value(v), "{v:?}");
+    }
+}
+
+#[tokio::test]
+async fn another_tenant_s_dataset_cannot_be_told_from_a_missing_one() {
+    let moto = Moto::start().await;
+    let t = start_at(&moto.url, "sts_timeout = \"20s\"").await;
+    let role = moto.create_role("sales-reader").await;
+    // globex's dataset, with purposes an acme user might probe for.
+    let mut theirs = sales_orders("globex.orders", &role, &["audit"]);
+    theirs.tenant = "globex".into();
+    dataset(&t, theirs).await;
+    let (id, secret) = product(&t, &["globex.orders"], &[Permission::Read]).await;
+    let alice = person_token(&t, "alice");
+    let probe = |resource: &'static str, purpose: &'static str, scope: &'static str| {
+        let (t, id, secret, alice) = (&t, id.clone(), secret.clone(), alice.clone());
+        async move {
+            credentials(
+                t,
+                (&id, &secret),
+                &alice,
+                &[
+                    ("resource", resource),
+                    ("purpose", purpose),
+                    ("scope", scope),
+                ],
+            )
+            .await
+        }
+    };
+    let missing = probe("urn:tessera:dataset:nope.orders", "analytics", "read").await;
+    for (purpose, scope) in [("audit", "read"), ("analytics", "read"), ("", "write")] {
+        let r = probe("urn:tessera:dataset:globex.orders", purpose, scope).await;
+        assert_eq!(
+            (
+                r.status,
+                &r.body["error"],
+                &r.body["reason"],
+                &r.body["error_description"]
+            ),
+            (
+                missing.status,
+                &missing.body["error"],
+                &missing.body["reason"],
+                &missing.body["error_description"]
+            ),
+            "purpose {purpose:?} scope {scope}: {}",
+            r.text
+        );
+        let rec = last_exchange(&t).await;
+        assert!(rec.reason.contains("(other_tenant)"), "{}", rec.reason);
+    }
+    assert!(moto.recorded_action("AssumeRole").await.is_empty());
+}
+
+#[tokio::test]
+async fn a_session_policy_aws_would_refuse_as_too_large_is_refused_before_sts() {
+    let moto = Moto::start().await;
+    let t = start_at(&moto.url, "sts_timeout = \"20s\"").await;
+    let role = moto.create_role("sales-reader").await;
+    let mut big = sales_orders(DS, &role, &["analytics"]);
+    big.s3_prefix = format!("s3://{BUCKET}/{}/", "p".repeat(1900));
+    dataset(&t, big).await;
+    user_grant(&t, DS, "alice", Permission::Read, &["analytics"], None).await;
+    let (id, secret) = product(&t, &[DS], &[Permission::Read]).await;
+    let r = credentials(&t, (&id, &secret), &person_token(&t, "alice"), &[]).await;
+    assert_refused(&r, 403, "invalid_target", Some("session_policy_too_large"));
+    // The caller gets a fixed description; the detail is in the audit.
+    assert!(!r.text.contains("pppp"), "{}", r.text);
+    let rec = last_exchange(&t).await;
+    assert_eq!(rec.decision, "deny");
+    assert!(rec.reason.contains("2048"), "{}", rec.reason);
+    assert!(moto.recorded_action("AssumeRole").await.is_empty());
 }

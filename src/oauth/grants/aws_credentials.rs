@@ -20,9 +20,9 @@ use serde::Serialize;
 use super::TokenResponse;
 use crate::app::App;
 use crate::audit::AuditRecord;
-use crate::aws::session::{self, DatasetScope};
+use crate::aws::session::{self, DatasetScope, PolicyError};
 use crate::aws::{AssumeRequest, IssuedCredentials, StsError};
-use crate::data::{authorize, Actor, DataRequest};
+use crate::data::{authorize, Actor, DataDenial, DataRequest};
 use crate::issuer::VerifiedToken;
 use crate::oauth::client_auth::Authenticated;
 use crate::oauth::{FormParams, OAuthError};
@@ -72,12 +72,20 @@ impl CredentialParams {
             _ => None,
         }
         .ok_or_else(|| OAuthError::InvalidScope("scope must be read or write".into()))?;
+        // Credentials are never longer-lived than asked, and AWS issues none
+        // shorter than 15 minutes: a shorter ask cannot be met.
         let duration = p
             .get("expires_in")
             .map(|d| {
-                d.parse::<i64>().ok().filter(|d| *d > 0).ok_or_else(|| {
+                let secs = d.parse::<i64>().map_err(|_| {
                     OAuthError::invalid_request("expires_in must be a number of seconds")
-                })
+                })?;
+                if secs < i64::from(session::DURATION_MIN) {
+                    return Err(OAuthError::invalid_request(
+                        "expires_in must be at least 900 seconds, AWS's shortest credentials",
+                    ));
+                }
+                Ok(secs)
             })
             .transpose()?;
         Ok(Self {
@@ -89,8 +97,9 @@ impl CredentialParams {
     }
 }
 
-/// The credential fields of the response, beside RFC 8693's.
-#[derive(Debug, Serialize)]
+/// The credential fields of the response, beside RFC 8693's. `Debug`
+/// leaves the secret parts out.
+#[derive(Serialize)]
 pub struct CredentialFields {
     pub access_key_id: String,
     pub secret_access_key: String,
@@ -98,6 +107,18 @@ pub struct CredentialFields {
     /// RFC 3339, as STS writes it.
     pub expiration: String,
     pub assumed_role_arn: String,
+}
+
+impl std::fmt::Debug for CredentialFields {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CredentialFields")
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"<redacted>")
+            .field("session_token", &"<redacted>")
+            .field("expiration", &self.expiration)
+            .field("assumed_role_arn", &self.assumed_role_arn)
+            .finish()
+    }
 }
 
 /// Who, for what: credentials are reused only for exactly this.
@@ -170,9 +191,14 @@ fn rfc3339(unix: i64) -> String {
         .to_string()
 }
 
+/// The caller is told the reason; AWS's text goes to the log and audit.
 fn sts_error(e: StsError) -> OAuthError {
+    tracing::warn!(error = %e, "AssumeRole refused or failed");
     match e {
         StsError::Denied(text) => OAuthError::CloudDenied("sts_denied", text.into()),
+        StsError::PackedPolicyTooLarge(text) => {
+            OAuthError::CloudDenied("packed_policy_too_large", text.into())
+        }
         StsError::Throttled(text) => OAuthError::CloudUnavailable("sts_throttled", text.into()),
         StsError::Unavailable(text) => OAuthError::CloudUnavailable("sts_unavailable", text.into()),
     }
@@ -180,7 +206,8 @@ fn sts_error(e: StsError) -> OAuthError {
 
 /// Checks the person's grant and the client's delegation, then issues (or
 /// reuses) credentials and audits them. `delegations` are the client's live
-/// ones; `rec` already names the person, client and actor chain.
+/// ones that name the dataset; `rec` already names the person, client and
+/// actor chain.
 pub async fn issue(
     app: &App,
     caller: &Authenticated,
@@ -192,10 +219,6 @@ pub async fn issue(
     let now = app.clock.now();
     let person = &subject.claims;
     let client_id = &caller.client.client_id;
-    rec.dataset = Some(params.dataset.clone());
-    rec.permission = Some(params.permission.as_str().into());
-    rec.purpose = params.purpose.clone();
-    rec.policy_version = Some(app.policy.current().version.clone());
     let snapshot = app
         .data_snapshot()
         .await
@@ -209,9 +232,25 @@ pub async fn issue(
         client_id,
         delegations,
     };
-    let (dataset, purpose) =
+    let allowed =
         authorize(&snapshot, person, Some(actor), request, now).map_err(OAuthError::DataRefused)?;
+    let (dataset, purpose) = (allowed.dataset, allowed.purpose);
     rec.purpose = Some(purpose.clone());
+
+    // Lifetime: what was asked (the dataset's maximum when nothing was),
+    // never beyond the grant and delegation that allow it. The person's
+    // token bounds it too, but only down to AWS's 15-minute minimum (as a
+    // session cookie outlives the login that set it); a grant or delegation
+    // ending sooner than that refuses instead.
+    let floor = i64::from(session::DURATION_MIN);
+    let mut wanted = params.duration.unwrap_or(dataset.max_duration_secs);
+    if let Some(until) = allowed.until {
+        if until - now < floor {
+            return Err(OAuthError::DataRefused(DataDenial::EndsTooSoon));
+        }
+        wanted = wanted.min(until - now);
+    }
+    wanted = wanted.min(person.exp.saturating_sub(now).max(floor));
 
     // Everything AWS will see, checked against its limits first.
     let tag_values = [
@@ -228,17 +267,16 @@ pub async fn issue(
         .map(|(k, v)| (k.to_string(), session::tag_value(v)))
         .collect();
     let transitive: Vec<String> = TAG_KEYS.iter().map(|k| k.to_string()).collect();
-    let account = session::account_of_role_arn(&dataset.role_arn)
-        .ok_or_else(|| {
-            OAuthError::CloudDenied(
-                "role_arn_invalid",
-                "the dataset's role ARN is not valid".into(),
-            )
-        })?
-        .to_string();
+    let misconfigured = |detail: String| {
+        tracing::error!(dataset = %dataset.id, %detail, "dataset cannot be served");
+        OAuthError::CloudDenied("dataset_misconfigured", detail.into())
+    };
+    let (partition, account) = session::role_arn_parts(&dataset.role_arn)
+        .ok_or_else(|| misconfigured("the dataset's role ARN is not valid".into()))?;
     let scope = DatasetScope {
+        partition: partition.to_string(),
         region: app.config.aws.region.clone(),
-        account,
+        account: account.to_string(),
         glue_database: dataset.glue_database.clone(),
         glue_table: dataset.glue_table.clone(),
         s3_prefix: dataset.s3_prefix.clone(),
@@ -249,19 +287,13 @@ pub async fn issue(
         source_identity: session::source_identity(&person.sub),
         tags,
         transitive_tag_keys: transitive,
-        policy: session::session_policy(&scope, params.permission)
-            .map_err(|e| OAuthError::CloudDenied("session_policy_too_large", e.into()))?,
-        // Credentials should not outlive the person's proof; AWS's 15-minute
-        // minimum is the only excess.
-        duration_secs: session::duration(
-            Some(
-                params
-                    .duration
-                    .unwrap_or(dataset.max_duration_secs)
-                    .min((person.exp - now).max(session::DURATION_MIN as i64)),
-            ),
-            dataset.max_duration_secs,
-        ),
+        policy: session::session_policy(&scope, params.permission).map_err(|e| match e {
+            PolicyError::TooLarge(d) => {
+                OAuthError::CloudDenied("session_policy_too_large", d.into())
+            }
+            PolicyError::Invalid(d) => misconfigured(d),
+        })?,
+        duration_secs: session::duration(Some(wanted), dataset.max_duration_secs),
     };
     session::validate_request(&request)
         .map_err(|e| OAuthError::CloudDenied("request_outside_aws_limits", e.into()))?;
