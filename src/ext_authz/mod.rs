@@ -107,9 +107,9 @@ async fn check_data(
         purpose,
     };
     match authorize(&snapshot, claims, actor, request, now) {
-        Ok((d, purpose)) => Ok(DataGrant {
-            dataset: d.id.clone(),
-            purpose,
+        Ok(a) => Ok(DataGrant {
+            dataset: a.dataset.id.clone(),
+            purpose: a.purpose,
         }),
         Err(d) => Err(Ok(Denial::Data(d))),
     }
@@ -158,12 +158,21 @@ fn quote_safe(text: &str) -> String {
         .collect()
 }
 
-pub async fn check(app: &App, req: CheckRequest<'_>) -> CheckResponse {
-    if app.revocations.is_stale() {
-        // Without a current revocation set a revoked token could pass.
-        tracing::error!("denying: revocations have not been synced from the store recently");
-        return unavailable();
+/// Why a request does not pass: refused on its merits, or because a
+/// dependency of the decision is unavailable (503, retryable). Both are
+/// audited; the `&'static str` is the audit reason.
+enum Refusal {
+    Deny(Denial),
+    Unavailable(&'static str),
+}
+
+impl From<Denial> for Refusal {
+    fn from(d: Denial) -> Self {
+        Refusal::Deny(d)
     }
+}
+
+pub async fn check(app: &App, req: CheckRequest<'_>) -> CheckResponse {
     let policy = app.policy.current();
     let method = req.method.to_ascii_uppercase();
     let path = canonical_path(req.path);
@@ -173,19 +182,23 @@ pub async fn check(app: &App, req: CheckRequest<'_>) -> CheckResponse {
     let mut token = None;
     let mut data: Option<DataGrant> = None;
     let mut data_asked: Option<(String, Permission)> = None;
-    let outcome = match (path, rule) {
-        (Err(d), _) => Err(d),
-        (Ok(_), None) => Err(Denial::NoRoute),
+    let outcome: Result<_, Refusal> = match (path, rule) {
+        // Without a current revocation set a revoked token could pass.
+        _ if app.revocations.is_stale() => Err(Refusal::Unavailable("revocations_stale")),
+        (Err(d), _) => Err(d.into()),
+        (Ok(_), None) => Err(Denial::NoRoute.into()),
         (Ok(canonical), Some(rule)) => match bearer(req.authorization) {
-            Ok(None) => Err(Denial::MissingCredential),
-            Err(()) => Err(Denial::InvalidCredential(
-                crate::jose::JwsError::Malformed.into(),
-            )),
+            Ok(None) => Err(Denial::MissingCredential.into()),
+            Err(()) => {
+                Err(Denial::InvalidCredential(crate::jose::JwsError::Malformed.into()).into())
+            }
             Ok(Some(raw)) => match app.verify_presented(raw).await {
                 // The issuer cannot be checked right now: neither allow nor
                 // blame the token.
-                Err(TokenError::KeysUnavailable) => return unavailable(),
-                Err(e) => Err(Denial::InvalidCredential(e)),
+                Err(TokenError::KeysUnavailable) => {
+                    Err(Refusal::Unavailable("issuer_keys_unavailable"))
+                }
+                Err(e) => Err(Denial::InvalidCredential(e).into()),
                 Ok(verified) => {
                     let verified = token.insert(verified);
                     match decide(rule, verified) {
@@ -200,11 +213,13 @@ pub async fn check(app: &App, req: CheckRequest<'_>) -> CheckResponse {
                                     data = Some(grant);
                                     Ok(verified.clone())
                                 }
-                                Err(Ok(denial)) => Err(denial),
-                                Err(Err(())) => return unavailable(),
+                                Err(Ok(denial)) => Err(denial.into()),
+                                Err(Err(())) => {
+                                    Err(Refusal::Unavailable("data_registry_unavailable"))
+                                }
                             }
                         }
-                        other => other.map(|()| verified.clone()),
+                        other => other.map(|()| verified.clone()).map_err(Refusal::from),
                     }
                 }
             },
@@ -237,6 +252,20 @@ pub async fn check(app: &App, req: CheckRequest<'_>) -> CheckResponse {
         meta.fill(&mut rec);
         rec
     };
+    // Every identity header value must be valid for both adapters; refuse
+    // rather than hand Envoy something it would mangle.
+    let outcome = outcome.and_then(|verified| {
+        let c = &verified.claims;
+        let bad = |v: &str| v.bytes().any(|b| b < 0x20 && b != b'\t' || b == 0x7f);
+        if [&c.sub, &c.tenant, &c.client_id].iter().any(|v| bad(v))
+            || crate::oauth::actor(c).is_some_and(bad)
+            || data.as_ref().is_some_and(|g| bad(&g.purpose))
+        {
+            tracing::error!("denying: an identity header value is not a valid header value");
+            return Err(Refusal::Unavailable("identity_header_value_invalid"));
+        }
+        Ok(verified)
+    });
     match outcome {
         Ok(verified) => {
             app.metrics.authz_allowed.inc();
@@ -269,18 +298,26 @@ pub async fn check(app: &App, req: CheckRequest<'_>) -> CheckResponse {
             if let Some(auth) = req.authorization {
                 headers.push(("authorization".into(), auth.to_string()));
             }
-            // Every value must be a valid header value for both adapters;
-            // refuse rather than hand Envoy something it would mangle.
-            if headers
-                .iter()
-                .any(|(_, v)| v.bytes().any(|b| b < 0x20 && b != b'\t' || b == 0x7f))
-            {
-                tracing::error!("denying: an identity header value is not a valid header value");
-                return unavailable();
-            }
             CheckResponse::Allow { headers }
         }
-        Err(denial) => {
+        Err(Refusal::Unavailable(reason)) => {
+            app.metrics.authz_denied.inc();
+            tracing::error!(
+                reason,
+                "denying: a dependency of the decision is unavailable"
+            );
+            // Audited like any refusal; the answer is the same if even
+            // that fails.
+            let _ = app
+                .audit
+                .record(record(
+                    Decision::Deny,
+                    format!("{reason} (rule {rule_name})"),
+                ))
+                .await;
+            unavailable()
+        }
+        Err(Refusal::Deny(denial)) => {
             app.metrics.authz_denied.inc();
             if app
                 .audit
@@ -312,7 +349,7 @@ pub async fn check(app: &App, req: CheckRequest<'_>) -> CheckResponse {
                 body: json!({
                     "error": denial.error().unwrap_or("invalid_request"),
                     "error_description": description,
-                    "reason": denial.code(),
+                    "reason": denial.shown_code(),
                     "request_id": req.request_id,
                 }),
             }

@@ -219,25 +219,43 @@ pub async fn authenticate(
             method,
             workload: None,
         }),
-        Err(Failure::Store) => Err(OAuthError::TemporarilyUnavailable(
-            "client registry unavailable".into(),
-        )),
-        Err(Failure::KeysUnavailable) => Err(OAuthError::TemporarilyUnavailable(
-            "the workload identity issuer's keys cannot be fetched right now".into(),
-        )),
-        Err(Failure::Refused { client_id, reason }) => {
+        Err(failure) => {
+            // Every refusal is audited, a dependency failure included; only
+            // the audit log failing goes unrecorded.
+            let named = presented
+                .basic
+                .as_ref()
+                .map(|(id, _)| id.clone())
+                .or_else(|| presented.client_id.clone());
+            let (client_id, reason, answer) = match failure {
+                Failure::Store => (
+                    named,
+                    "client_registry_unavailable",
+                    OAuthError::TemporarilyUnavailable("client registry unavailable".into()),
+                ),
+                Failure::KeysUnavailable => (
+                    named,
+                    "workload_issuer_keys_unavailable",
+                    OAuthError::TemporarilyUnavailable(
+                        "the workload identity issuer's keys cannot be fetched right now".into(),
+                    ),
+                ),
+                Failure::Refused { client_id, reason } => (
+                    client_id,
+                    reason,
+                    OAuthError::InvalidClient("client authentication failed".into()),
+                ),
+            };
             let mut rec = AuditRecord::new(
                 app.clock.now_millis(),
                 Event::ClientAuthentication,
                 Decision::Deny,
                 reason,
             );
-            rec.client_id = client_id;
+            rec.client_id = client_id.filter(|c| c.len() <= 256);
             meta.fill(&mut rec);
             app.audit.record(rec).await?;
-            Err(OAuthError::InvalidClient(
-                "client authentication failed".into(),
-            ))
+            Err(answer)
         }
     }
 }

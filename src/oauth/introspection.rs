@@ -47,6 +47,16 @@ pub async fn introspect(
     meta: &RequestMeta,
 ) -> Result<IntrospectionResponse, OAuthError> {
     if app.revocations.is_stale() {
+        // Neither active nor inactive can be said; the refusal is audited.
+        let mut rec = AuditRecord::new(
+            app.clock.now_millis(),
+            Event::Introspection,
+            Decision::Deny,
+            format!("revocations_stale (asked by {})", caller.client_id),
+        );
+        rec.client_id = Some(caller.client_id.clone());
+        meta.fill(&mut rec);
+        app.audit.record(rec).await?;
         return Err(OAuthError::TemporarilyUnavailable(
             "revocation state is not current, try again".into(),
         ));

@@ -53,6 +53,14 @@ pub async fn revoke(
         .await
     {
         tracing::error!(error = %e, "storing a revocation failed");
+        rec.decision = Decision::Deny.as_str().into();
+        rec.reason = format!(
+            "revocation_store_unavailable (asked by {})",
+            caller.client_id
+        );
+        // The audit log may live in the same store; its failure is the
+        // caller's answer too.
+        app.audit.record(rec).await?;
         return Err(OAuthError::TemporarilyUnavailable(
             "revocation could not be stored, try again".into(),
         ));

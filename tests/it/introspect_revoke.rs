@@ -311,4 +311,19 @@ async fn a_replica_that_cannot_read_revocations_fails_closed() {
         )
         .await;
     assert_eq!((r.status, r.error()), (503, "temporarily_unavailable"));
+    // Both refusals are audited, with what made them.
+    let audit = t.audit().await;
+    for event in ["ext_authz", "introspection"] {
+        let rec = audit
+            .iter()
+            .rev()
+            .find(|a| a.record.event == event)
+            .unwrap_or_else(|| panic!("an {event} record"));
+        assert_eq!(rec.record.decision, "deny", "{:?}", rec.record);
+        assert!(
+            rec.record.reason.starts_with("revocations_stale"),
+            "{:?}",
+            rec.record
+        );
+    }
 }

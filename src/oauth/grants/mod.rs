@@ -84,12 +84,12 @@ pub async fn handle(
     };
     match result {
         // Not answered by a refusal record: the audit log itself failed.
-        Err(e @ OAuthError::TemporarilyUnavailable(_)) => Err(e),
+        Err(e @ OAuthError::AuditUnavailable) => Err(e),
         Err(e) => {
             rec.decision = Decision::Deny.as_str().into();
-            rec.reason = match e.reason() {
-                Some(r) => format!("{} ({r}): {}", e.code(), e.description()),
-                None => format!("{}: {}", e.code(), e.description()),
+            rec.reason = match e.audited_reason() {
+                Some(r) => format!("{} ({r}): {}", e.code(), e.audited_description()),
+                None => format!("{}: {}", e.code(), e.audited_description()),
             };
             app.audit.record(rec).await?;
             Err(e)
@@ -98,8 +98,8 @@ pub async fn handle(
     }
 }
 
-/// RFC 6749 §5.1 successful response.
-#[derive(Debug, Serialize)]
+/// RFC 6749 §5.1 successful response. `Debug` leaves the token out.
+#[derive(Serialize)]
 pub struct TokenResponse {
     pub access_token: String,
     /// RFC 8693 §2.2.1: set for token exchange.
@@ -112,6 +112,19 @@ pub struct TokenResponse {
     /// AWS credentials, for that requested token type.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub credentials: Option<aws_credentials::CredentialFields>,
+}
+
+impl std::fmt::Debug for TokenResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenResponse")
+            .field("access_token", &"<redacted>")
+            .field("issued_token_type", &self.issued_token_type)
+            .field("token_type", &self.token_type)
+            .field("expires_in", &self.expires_in)
+            .field("scope", &self.scope)
+            .field("credentials", &self.credentials)
+            .finish()
+    }
 }
 
 /// RFC 6749 §3.3 `scope-token = 1*( %x21 / %x23-5B / %x5D-7E )`.
