@@ -1104,3 +1104,47 @@ async fn cli_adds_lists_and_revokes_delegations() {
     let again = env.run(&["delegation", "revoke", &did]).await;
     assert_failed(&again, "no delegation");
 }
+
+#[tokio::test]
+async fn while_the_cluster_s_keys_cannot_be_fetched_workloads_get_503_and_each_refusal_is_audited()
+{
+    let idp = TestIdp::start().await;
+    idp.set_mode(Mode::Down);
+    let t = TestApp::builder()
+        .config(&idp.config(
+            "cluster",
+            "workload",
+            "default_tenant = \"acme\"\nfetch_timeout = \"300ms\"",
+        ))
+        .policy(INTERNAL_WI_POLICY)
+        .start()
+        .await;
+    let client = bound_client(&t, SA_SUBJECT).await;
+    let sa = idp.service_account_token(NS, SA_NAME, "tessera");
+
+    let r = cc_with_assertion(&t, &sa, Some(&client.client_id)).await;
+    assert_eq!(
+        (r.status, r.error()),
+        (503, "temporarily_unavailable"),
+        "{}",
+        r.text
+    );
+    assert_eq!(
+        last_client_auth(&t).await,
+        AuthFailure {
+            decision: "deny".into(),
+            reason: "workload_issuer_keys_unavailable".into(),
+            client_id: Some(client.client_id.clone()),
+        }
+    );
+
+    let r = t.authz("GET", "/internal/orders", Some(&sa)).await;
+    assert_eq!(r.status, 503, "{}", r.text);
+    let audit = t.audit().await;
+    let rec = &audit.last().expect("an audit record").record;
+    assert_eq!(
+        (rec.event.as_str(), rec.decision.as_str()),
+        ("ext_authz", "deny")
+    );
+    assert!(rec.reason.starts_with("issuer_keys_unavailable"), "{rec:?}");
+}
