@@ -705,12 +705,38 @@ async fn tessera_serve_refuses_a_trusted_issuer_with_a_bad_algorithm_or_key() {
     let dir = tempfile::tempdir().unwrap();
     let env = crate::harness::BinEnv::fresh(dir.path());
     let entry = "[[trusted_issuers]]\nname = \"corp\"\nissuer = \"https://idp.example\"\nkind = \"human\"\naudiences = [\"tessera\"]\n";
+    let other = |issuer: &str| {
+        entry
+            .replace("https://idp.example", issuer)
+            .replace("corp", "partner")
+    };
     let cases = [
-        ("algorithms = [\"HS256\"]", "trusted_issuers[0].algorithms"),
-        ("algorithms = [\"none\"]", "trusted_issuers[0].algorithms"),
         (
-            "jwks_url = \"https://idp.example/jwks\"",
+            "algorithms = [\"HS256\"]".to_string(),
+            "trusted_issuers[0].algorithms",
+        ),
+        (
+            "algorithms = [\"none\"]".to_string(),
+            "trusted_issuers[0].algorithms",
+        ),
+        (
+            "jwks_url = \"https://idp.example/jwks\"".to_string(),
             "trusted_issuers[0]",
+        ),
+        // Keys over plain http from anywhere but loopback.
+        (
+            "jwks_uri = \"http://idp.example/jwks\"".to_string(),
+            "trusted_issuers[0].jwks_uri",
+        ),
+        // Tessera's own issuer (the default public_url is http://{listen}).
+        (
+            other("http://127.0.0.1:8080/issuers/service"),
+            "trusted_issuers[1].issuer",
+        ),
+        // A second human issuer while neither has a subject_prefix.
+        (
+            other("https://partner.example"),
+            "trusted_issuers[0].subject_prefix",
         ),
     ];
     for (i, (extra, key)) in cases.iter().enumerate() {
