@@ -10,7 +10,9 @@
 //! - a token with an unknown `kid` triggers at most one refresh per
 //!   `refresh_min_interval` (key rotation at the IdP), never one per request;
 //! - every fetch is bounded by `fetch_timeout`, responses are capped in
-//!   size, and garbage leaves the cached keys as they were.
+//!   size, and garbage leaves the cached keys as they were;
+//! - keys come over https only (plain http to loopback alone), redirects
+//!   and a discovered `jwks_uri` included.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -248,6 +248,38 @@ async fn a_discovery_document_naming_a_different_issuer_is_refused() {
     task.abort();
 }
 
+#[tokio::test]
+async fn a_discovered_jwks_uri_over_plain_http_off_loopback_is_not_fetched() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let issuer = format!("http://{}", listener.local_addr().unwrap());
+    // Its own issuer, but keys from a host anyone on the path could answer for.
+    let doc = json!({"issuer": issuer, "jwks_uri": "http://keys.example.com/jwks"});
+    let router = axum::Router::new().route(
+        "/.well-known/openid-configuration",
+        axum::routing::get(move || {
+            let doc = doc.clone();
+            async move { axum::Json(doc) }
+        }),
+    );
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    let t = TestApp::builder()
+        .config(&format!(
+            "[[trusted_issuers]]\nname = \"corp\"\nissuer = {issuer:?}\nkind = \"human\"\n\
+             audiences = [\"tessera\"]\nfetch_timeout = \"1s\"\n"
+        ))
+        .start()
+        .await;
+    let p = data_product(&t).await;
+    let token = ClientKey::es256(Some("k")).sign(&claims_at(&t, &issuer, "alice"));
+    assert_unavailable(&swap(&t, &p, &token).await);
+    let error = wait_for_fetch_error(&t).await;
+    assert!(error.contains("not https"), "{error}");
+    assert!(!key_status(&t).usable);
+    task.abort();
+}
+
 // ---------------------------------------------------------------------------
 // Caching
 
