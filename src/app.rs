@@ -65,6 +65,7 @@ impl App {
             &config.trusted_issuers,
             config.server.max_token_bytes,
             config.oauth.clock_skew.as_secs() as i64,
+            config.oauth.max_delegation_depth,
             clock.clone(),
         ));
         Ok(Self {

@@ -13,7 +13,7 @@ use crate::jose::Alg;
 
 mod trusted;
 
-pub use trusted::{ClaimMapping, JwksSource, TrustedIssuerConfig, TrustedKind};
+pub use trusted::{fetchable, ClaimMapping, JwksSource, TrustedIssuerConfig, TrustedKind};
 
 /// Prefix of every environment override.
 pub const ENV_PREFIX: &str = "TESSERA_";
@@ -586,6 +586,7 @@ impl Raw {
                 max_token_ttl,
             })
         };
+        let trusted_issuers = trusted::parse(&self.trusted_issuers, &public_url)?;
         let policy_file = match self.policy.file.trim() {
             "" => None,
             f => Some(PathBuf::from(f)),
@@ -663,7 +664,7 @@ impl Raw {
                 batch_max: positive("audit.batch_max", self.audit.batch_max)?.min(1000),
             },
             aws: self.aws.validate()?,
-            trusted_issuers: trusted::parse(&self.trusted_issuers)?,
+            trusted_issuers,
         })
     }
 }
@@ -779,6 +780,121 @@ mod tests {
             (
                 format!("{}\n{}", entry(""), entry("")),
                 "trusted_issuers[1].name",
+            ),
+        ];
+        for (file, key) in cases {
+            let e = load(&file, &[]).unwrap_err();
+            assert_eq!(e.key, key, "{file}: {e}");
+        }
+    }
+
+    #[test]
+    fn trusted_issuers_cannot_collide_with_each_other_or_tessera() {
+        let human = |name: &str, issuer: &str, extra: &str| {
+            format!("[[trusted_issuers]]\nname = {name:?}\nissuer = {issuer:?}\nkind = \"human\"\naudiences = [\"t\"]\n{extra}\n")
+        };
+        let cluster = "[[trusted_issuers]]\nname = \"k8s\"\nissuer = \"https://k8s\"\nkind = \"workload\"\naudiences = [\"t\"]\n";
+        // One human issuer needs no prefix, nor does a workload beside it.
+        load(&format!("{}{cluster}", human("a", "https://a", "")), &[]).unwrap();
+        let two = format!(
+            "{}{}",
+            human("a", "https://a", "subject_prefix = \"a:\""),
+            human("b", "https://b", "subject_prefix = \"b:\"")
+        );
+        let c = load(&two, &[]).unwrap();
+        assert_eq!(c.trusted_issuers[1].subject_prefix, "b:");
+        let c = load(
+            &human("a", "http://127.0.0.1:9/x", "tenants = [\"acme\"]"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.trusted_issuers[0].tenants, ["acme"]);
+        for local in [
+            "http://localhost:8080",
+            "http://[::1]:1",
+            "http://127.0.0.1",
+        ] {
+            load(&human("a", local, ""), &[]).unwrap();
+        }
+        let public = "[server]\npublic_url = \"https://sts.example.com/\"\n";
+        let cases = [
+            (
+                format!(
+                    "{}{}",
+                    human("a", "https://a", ""),
+                    human("b", "https://b", "")
+                ),
+                "trusted_issuers[0].subject_prefix",
+            ),
+            (
+                format!(
+                    "{}{}",
+                    human("a", "https://a", "subject_prefix = \"x:\""),
+                    human("b", "https://b", "subject_prefix = \"x:\"")
+                ),
+                "trusted_issuers[1].subject_prefix",
+            ),
+            (
+                format!(
+                    "{}{}",
+                    human("a", "https://a", "subject_prefix = \"x:\""),
+                    human("b", "https://b", "subject_prefix = \"x:y:\"")
+                ),
+                "trusted_issuers[1].subject_prefix",
+            ),
+            (
+                format!(
+                    "{}{cluster}{}",
+                    human("a", "https://a", "subject_prefix = \"a:\""),
+                    human("b", "https://b", "")
+                ),
+                "trusted_issuers[2].subject_prefix",
+            ),
+            (
+                format!(
+                    "{public}{}",
+                    human("a", "https://sts.example.com/issuers/human", "")
+                ),
+                "trusted_issuers[0].issuer",
+            ),
+            (
+                format!(
+                    "{public}{}",
+                    human("a", "https://STS.example.com:443/issuers/service/", "")
+                ),
+                "trusted_issuers[0].issuer",
+            ),
+            (
+                human("a", "http://127.0.0.1:8080/issuers/human", ""),
+                "trusted_issuers[0].issuer",
+            ),
+            (
+                human("a", "http://idp.example.com", ""),
+                "trusted_issuers[0].issuer",
+            ),
+            (
+                human("a", "http://10.0.0.1", ""),
+                "trusted_issuers[0].issuer",
+            ),
+            (
+                human(
+                    "a",
+                    "https://a",
+                    "jwks_uri = \"http://idp.example.com/keys\"",
+                ),
+                "trusted_issuers[0].jwks_uri",
+            ),
+            (
+                human("a", "https://a", "tenants = [\"\"]"),
+                "trusted_issuers[0].tenants",
+            ),
+            (
+                human(
+                    "a",
+                    "https://a",
+                    "tenants = [\"acme\"]\ndefault_tenant = \"globex\"",
+                ),
+                "trusted_issuers[0].default_tenant",
             ),
         ];
         for (file, key) in cases {

@@ -79,8 +79,13 @@ pub struct TrustedIssuerConfig {
     /// Tenant for tokens without the tenant claim; without it a person's
     /// token is refused, and a workload's has no tenant of its own.
     pub default_tenant: Option<String>,
-    /// Put in front of every subject, to keep several issuers' subjects apart.
+    /// Put in front of every subject and group, to keep several issuers'
+    /// people and groups apart; required (and distinct) when more than one
+    /// human issuer is configured.
     pub subject_prefix: String,
+    /// Allow-list of tenants; empty allows every tenant. A token whose
+    /// tenant (claim or `default_tenant`) is not listed is refused.
+    pub tenants: Vec<String>,
     /// Scopes every person from this issuer holds, besides the token's own
     /// `scope`/`scp` claim.
     pub default_scopes: Vec<String>,
@@ -118,6 +123,8 @@ struct RawTrusted {
     #[serde(default)]
     subject_prefix: String,
     #[serde(default)]
+    tenants: Vec<String>,
+    #[serde(default)]
     default_scopes: Vec<String>,
     #[serde(default)]
     group_scopes: BTreeMap<String, Vec<String>>,
@@ -154,14 +161,37 @@ fn default_refresh_min_interval() -> String {
     "30s".into()
 }
 
+/// Whether keys may be fetched from `url`: HTTPS, or plain HTTP to this
+/// machine only (a local IdP in development and tests). Anywhere else a
+/// network attacker could hand Tessera its own keys.
+pub fn fetchable(url: &url::Url) -> bool {
+    match (url.scheme(), url.host()) {
+        ("https", Some(_)) => true,
+        ("http", Some(url::Host::Domain(d))) => d.eq_ignore_ascii_case("localhost"),
+        ("http", Some(url::Host::Ipv4(ip))) => ip.is_loopback(),
+        ("http", Some(url::Host::Ipv6(ip))) => ip.is_loopback(),
+        _ => false,
+    }
+}
+
 fn http_url(key: &str, text: &str) -> Result<String, ConfigError> {
     match url::Url::parse(text) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(text.into()),
+        Ok(u) if fetchable(&u) => Ok(text.into()),
+        Ok(u) if u.scheme() == "http" && u.host().is_some() => Err(err(
+            key,
+            format!("{text:?} is plain http: only https, or http on 127.0.0.1, ::1 or localhost"),
+        )),
         _ => Err(err(key, format!("{text:?} is not an http(s) URL"))),
     }
 }
 
-pub(super) fn parse(items: &[Value]) -> Result<Vec<TrustedIssuerConfig>, ConfigError> {
+/// `public_url` is Tessera's own: its issuers may not be configured as
+/// trusted ones, or Tessera's own tokens (or tokens signed with keys from
+/// somewhere else in their name) would pass as upstream ones.
+pub(super) fn parse(
+    items: &[Value],
+    public_url: &str,
+) -> Result<Vec<TrustedIssuerConfig>, ConfigError> {
     let mut out: Vec<TrustedIssuerConfig> = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let at = format!("trusted_issuers[{i}]");
@@ -186,6 +216,16 @@ pub(super) fn parse(items: &[Value]) -> Result<Vec<TrustedIssuerConfig>, ConfigE
             return Err(err(&key("name"), format!("{:?} is used twice", raw.name)));
         }
         let issuer = http_url(&key("issuer"), &raw.issuer)?;
+        // Compared as parsed URLs, so case and default ports cannot hide it.
+        let normal =
+            |u: &str| url::Url::parse(u).map(|u| u.as_str().trim_end_matches('/').to_string());
+        let own = ["human", "service"].map(|k| normal(&format!("{public_url}/issuers/{k}")));
+        if own.iter().any(|o| o.is_ok() && *o == normal(&issuer)) {
+            return Err(err(
+                &key("issuer"),
+                format!("{issuer:?} is one of Tessera's own issuers"),
+            ));
+        }
         if out.iter().any(|t| t.issuer == issuer) {
             return Err(err(&key("issuer"), "the same issuer is configured twice"));
         }
@@ -224,6 +264,18 @@ pub(super) fn parse(items: &[Value]) -> Result<Vec<TrustedIssuerConfig>, ConfigE
                 "default_scopes and group_scopes apply to people (kind = \"human\") only",
             ));
         }
+        if raw.tenants.iter().any(|t| t.is_empty()) {
+            return Err(err(&key("tenants"), "must not hold an empty tenant"));
+        }
+        let default_tenant = raw.default_tenant.filter(|t| !t.is_empty());
+        if let Some(t) = &default_tenant {
+            if !raw.tenants.is_empty() && !raw.tenants.contains(t) {
+                return Err(err(
+                    &key("default_tenant"),
+                    format!("{t:?} is not in tenants"),
+                ));
+            }
+        }
         let d = |k: &str, v: &str| duration(&key(k), v);
         let fetch_timeout = d("fetch_timeout", &raw.fetch_timeout)?;
         if fetch_timeout > Duration::from_secs(30) {
@@ -237,8 +289,9 @@ pub(super) fn parse(items: &[Value]) -> Result<Vec<TrustedIssuerConfig>, ConfigE
             algorithms,
             audiences: raw.audiences,
             claims: raw.claims,
-            default_tenant: raw.default_tenant.filter(|t| !t.is_empty()),
+            default_tenant,
             subject_prefix: raw.subject_prefix,
+            tenants: raw.tenants,
             default_scopes: raw.default_scopes,
             group_scopes: raw.group_scopes,
             required_claims: raw.required_claims,
@@ -249,5 +302,43 @@ pub(super) fn parse(items: &[Value]) -> Result<Vec<TrustedIssuerConfig>, ConfigE
             refresh_min_interval: d("refresh_min_interval", &raw.refresh_min_interval)?,
         });
     }
+    distinct_prefixes(&out)?;
     Ok(out)
+}
+
+/// With two or more human issuers, `sub` `alice` at one and `alice` at the
+/// other are different people: each issuer needs a non-empty prefix, and
+/// none may start another (`a:` and `a:b:` would map `b:x` at the first and
+/// `x` at the second to the same subject).
+fn distinct_prefixes(issuers: &[TrustedIssuerConfig]) -> Result<(), ConfigError> {
+    let humans: Vec<(usize, &TrustedIssuerConfig)> = issuers
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| t.kind == TrustedKind::Human)
+        .collect();
+    if humans.len() < 2 {
+        return Ok(());
+    }
+    for (n, (i, t)) in humans.iter().enumerate() {
+        let key = format!("trusted_issuers[{i}].subject_prefix");
+        if t.subject_prefix.is_empty() {
+            return Err(err(
+                &key,
+                "must be set when several human issuers are configured, e.g. \"corp:\"",
+            ));
+        }
+        if let Some((_, other)) = humans[..n].iter().find(|(_, o)| {
+            o.subject_prefix.starts_with(&t.subject_prefix)
+                || t.subject_prefix.starts_with(&o.subject_prefix)
+        }) {
+            return Err(err(
+                &key,
+                format!(
+                    "{:?} overlaps issuer {:?}'s {:?}: subjects could collide",
+                    t.subject_prefix, other.name, other.subject_prefix
+                ),
+            ));
+        }
+    }
+    Ok(())
 }

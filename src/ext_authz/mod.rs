@@ -129,6 +129,17 @@ pub enum CheckResponse {
     },
 }
 
+/// A token taken directly from a trusted issuer must also name one of that
+/// issuer's `audiences`, as at token exchange and client authentication:
+/// the rule's audience alone may be one the IdP also puts on tokens it
+/// issues for other relying parties.
+fn issuer_audience(app: &App, token: &VerifiedToken) -> Result<(), Denial> {
+    if token.upstream.is_some() && !app.trusted.audience_accepted(token) {
+        return Err(Denial::IssuerAudience);
+    }
+    Ok(())
+}
+
 /// Extracts an RFC 6750 §2.1 bearer token. `Ok(None)`: no bearer
 /// credential at all; `Err`: a malformed one.
 fn bearer(header: Option<&str>) -> Result<Option<&str>, ()> {
@@ -201,7 +212,7 @@ pub async fn check(app: &App, req: CheckRequest<'_>) -> CheckResponse {
                 Err(e) => Err(Denial::InvalidCredential(e).into()),
                 Ok(verified) => {
                     let verified = token.insert(verified);
-                    match decide(rule, verified) {
+                    match decide(rule, verified).and_then(|()| issuer_audience(app, verified)) {
                         Ok(()) if rule.data => {
                             if let Some(d) = rule.dataset_of(canonical) {
                                 data_asked = Some((d.to_string(), rule.permission_for(&method)));

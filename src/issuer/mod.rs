@@ -61,7 +61,9 @@ impl IssuerKind {
 pub enum TokenError {
     #[error(transparent)]
     Jws(#[from] JwsError),
-    #[error("token type is not at+jwt")]
+    /// Own tokens: not `at+jwt`; upstream tokens: an explicit `typ` other
+    /// than a JWT or an access token (RFC 8725 §3.11).
+    #[error("token type (typ) is not accepted")]
     WrongType,
     #[error("token was not issued by a Tessera issuer")]
     WrongIssuer,
@@ -83,6 +85,13 @@ pub enum TokenError {
     WrongAudience,
     #[error("token stands for an application, not a person")]
     NotAPerson,
+    /// An upstream `act` that is not a chain of actors with a `sub` each,
+    /// or longer than `oauth.max_delegation_depth`.
+    #[error("token act claim is not valid")]
+    BadActor,
+    /// The upstream token's tenant is not in its issuer's `tenants`.
+    #[error("token tenant is not accepted from this issuer")]
+    TenantNotAccepted,
 }
 
 impl TokenError {
@@ -105,6 +114,8 @@ impl TokenError {
             TokenError::MissingClaim => "missing_claim",
             TokenError::WrongAudience => "wrong_audience",
             TokenError::NotAPerson => "not_a_person",
+            TokenError::BadActor => "invalid_act",
+            TokenError::TenantNotAccepted => "tenant_not_accepted",
         }
     }
 }

@@ -13,6 +13,7 @@ use std::time::Duration;
 use crate::data::DataDenial;
 use crate::issuer::{IssuerKind, Principal, TokenError, TokenIssuer, VerifiedToken};
 use crate::store::Permission;
+use crate::trusted::TokenForm;
 
 pub use watch::PolicyHandle;
 
@@ -283,11 +284,16 @@ pub enum Denial {
         got: &'static str,
     },
     WrongAudience,
+    /// A trusted issuer's token without any of the issuer's `audiences`.
+    IssuerAudience,
     MissingScope(String),
     ClientNotAllowed,
     TenantNotAllowed,
     /// A trusted issuer's token on a rule that does not name that issuer.
     IssuerNotAccepted,
+    /// An upstream OpenID Connect ID token: it tells a client who signed
+    /// in, and is no credential for an API (OIDC Core §2).
+    IdToken,
     DelegationRequired,
     DelegationForbidden,
     /// A data rule refused the dataset request.
@@ -298,7 +304,7 @@ impl Denial {
     /// 401 when the credential is missing or invalid, 403 otherwise.
     pub fn status(&self) -> u16 {
         match self {
-            Denial::MissingCredential | Denial::InvalidCredential(_) => 401,
+            Denial::MissingCredential | Denial::InvalidCredential(_) | Denial::IdToken => 401,
             _ => 403,
         }
     }
@@ -309,7 +315,7 @@ impl Denial {
     pub fn error(&self) -> Option<&'static str> {
         match self {
             Denial::MissingCredential => None,
-            Denial::InvalidCredential(_) => Some("invalid_token"),
+            Denial::InvalidCredential(_) | Denial::IdToken => Some("invalid_token"),
             Denial::NoRoute | Denial::NonCanonicalPath => Some("access_denied"),
             // RFC 6750 §3.1 has no closer code for a valid token that this
             // route does not accept; `reason` in the body says which check failed.
@@ -325,11 +331,12 @@ impl Denial {
             Denial::MissingCredential => "missing_credential",
             Denial::InvalidCredential(e) => e.code(),
             Denial::WrongKind { .. } => "credential_kind_not_accepted",
-            Denial::WrongAudience => "wrong_audience",
+            Denial::WrongAudience | Denial::IssuerAudience => "wrong_audience",
             Denial::MissingScope(_) => "missing_scope",
             Denial::ClientNotAllowed => "client_not_allowed",
             Denial::TenantNotAllowed => "tenant_not_allowed",
             Denial::IssuerNotAccepted => "issuer_not_accepted",
+            Denial::IdToken => "id_token_not_accepted",
             Denial::DelegationRequired => "delegation_required",
             Denial::DelegationForbidden => "delegation_forbidden",
             Denial::Data(d) => d.code(),
@@ -358,12 +365,16 @@ impl Denial {
                     rule.map_or("", |r| r.audience.as_str())
                 )
             }
+            Denial::IssuerAudience => {
+                "token audience does not name one its issuer is trusted for".into()
+            }
             Denial::MissingScope(s) => format!("scope {s:?} is required"),
             Denial::ClientNotAllowed => format!("client is not allowed by rule {rule_name}"),
             Denial::TenantNotAllowed => format!("tenant is not allowed by rule {rule_name}"),
             Denial::IssuerNotAccepted => {
                 format!("rule {rule_name} does not accept tokens from this issuer")
             }
+            Denial::IdToken => "an ID token is not accepted here; present an access token".into(),
             Denial::DelegationRequired => {
                 format!("rule {rule_name} requires a delegated token (act)")
             }
@@ -383,6 +394,13 @@ pub fn decide(rule: &Rule, token: &VerifiedToken) -> Result<(), Denial> {
         TokenIssuer::Trusted(name) => {
             if !rule.trusted_issuers.contains(name) {
                 return Err(Denial::IssuerNotAccepted);
+            }
+            if token
+                .upstream
+                .as_ref()
+                .is_some_and(|u| u.form == TokenForm::IdToken)
+            {
+                return Err(Denial::IdToken);
             }
             match token.claims.principal {
                 Principal::Workload => CredentialKind::Workload,
@@ -665,6 +683,29 @@ mod tests {
             code(api, &upstream("corp", Principal::Human, "api", false)),
             Err("delegation_required")
         );
+        // An ID token is refused whatever else it carries; an access token
+        // or an untyped JWT with the same claims passes.
+        let with_form = |form| {
+            let mut t = upstream("corp", Principal::Human, "api", true);
+            t.upstream = Some(crate::trusted::UpstreamClaims {
+                name: "corp".into(),
+                kind: crate::config::TrustedKind::Human,
+                form,
+                groups: vec![],
+                email: None,
+                may_act: None,
+            });
+            t
+        };
+        assert_eq!(
+            code(api, &with_form(TokenForm::IdToken)),
+            Err("id_token_not_accepted")
+        );
+        assert_eq!(Denial::IdToken.status(), 401);
+        assert_eq!(Denial::IdToken.error(), Some("invalid_token"));
+        for form in [TokenForm::AccessToken, TokenForm::Unknown] {
+            assert_eq!(code(api, &with_form(form)), Ok(()));
+        }
         let mut own = token(IssuerKind::Human, "api", "", "c", "t");
         own.claims.act = Some(serde_json::json!({"sub": "app"}));
         assert_eq!(code(api, &own), Ok(()));

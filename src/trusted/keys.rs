@@ -10,7 +10,9 @@
 //! - a token with an unknown `kid` triggers at most one refresh per
 //!   `refresh_min_interval` (key rotation at the IdP), never one per request;
 //! - every fetch is bounded by `fetch_timeout`, responses are capped in
-//!   size, and garbage leaves the cached keys as they were.
+//!   size, and garbage leaves the cached keys as they were;
+//! - keys come over https only (plain http to loopback alone), redirects
+//!   and a discovered `jwks_uri` included.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -94,7 +96,15 @@ impl KeyCache {
         let http = reqwest::Client::builder()
             .connect_timeout(config.fetch_timeout)
             .timeout(config.fetch_timeout)
-            .redirect(reqwest::redirect::Policy::limited(3))
+            // Redirects are followed only to where keys may come from, so an
+            // https JWKS cannot be sent on to plain http.
+            .redirect(reqwest::redirect::Policy::custom(|attempt| {
+                if attempt.previous().len() >= 3 || !crate::config::fetchable(attempt.url()) {
+                    attempt.stop()
+                } else {
+                    attempt.follow()
+                }
+            }))
             .user_agent(concat!("tessera/", env!("CARGO_PKG_VERSION")))
             .build()
             .expect("HTTP client builds");
@@ -109,7 +119,8 @@ impl KeyCache {
     }
 
     fn usable(&self, st: &KeyState, now: i64) -> bool {
-        st.fetched_at.is_some() && now < st.fresh_until + ms(self.config.max_staleness)
+        st.fetched_at.is_some()
+            && now < st.fresh_until.saturating_add(ms(self.config.max_staleness))
     }
 
     fn may_attempt(&self, st: &KeyState, now: i64) -> bool {
@@ -287,9 +298,16 @@ impl KeyCache {
                         doc.issuer, self.config.issuer
                     ));
                 }
+                // The same rule as a configured jwks_uri: https, or http
+                // on loopback only.
                 match url::Url::parse(&doc.jwks_uri) {
-                    Ok(u) if matches!(u.scheme(), "http" | "https") => {}
-                    _ => return Err("discovery document's jwks_uri is not an http(s) URL".into()),
+                    Ok(u) if crate::config::fetchable(&u) => {}
+                    _ => {
+                        return Err(
+                            "discovery document's jwks_uri is not https (or http on loopback)"
+                                .into(),
+                        )
+                    }
                 }
                 self.get(&doc.jwks_uri).await?
             }

@@ -61,6 +61,8 @@ pub struct UpstreamClaims {
     pub name: String,
     pub kind: TrustedKind,
     pub form: TokenForm,
+    /// As the IdP names them (`group_scopes` keys); the mapped claims'
+    /// groups carry `subject_prefix`.
     pub groups: Vec<String>,
     pub email: Option<String>,
     /// RFC 8693 §4.4: who may act for this subject.
@@ -80,6 +82,8 @@ pub struct TrustedIssuers {
     cache: VerifiedCache<VerifiedToken>,
     max_token_bytes: usize,
     skew: i64,
+    /// Most actors an upstream `act` chain may name.
+    max_act_depth: usize,
     clock: Arc<dyn Clock>,
 }
 
@@ -113,32 +117,64 @@ impl std::fmt::Debug for TrustedIssuers {
 }
 
 /// An IdP's token for an application rather than a person: Azure AD's
-/// `idtyp: app`, or a client-credentials token whose subject is the client
-/// itself (Keycloak service accounts, Okta, Auth0 `…@clients`).
+/// `idtyp: app`; Auth0's `gty: client-credentials` and `…@clients`
+/// subjects; Keycloak's `service-account-…` users; or any
+/// client-credentials token whose subject is the client itself (`azp` or
+/// `client_id` equal to it, as Keycloak, Okta and Auth0 issue them).
 fn is_app_only(claims: &Map<String, Value>, subject: &str) -> bool {
-    claims.get("idtyp").and_then(Value::as_str) == Some("app")
+    let text = |c: &str| claims.get(c).and_then(Value::as_str);
+    let subjects = [Some(subject), text("sub")];
+    text("idtyp") == Some("app")
+        || strings(claims.get("gty"))
+            .iter()
+            .any(|g| g == "client-credentials")
+        || subjects.iter().flatten().any(|s| s.ends_with("@clients"))
+        || text("preferred_username").is_some_and(|u| u.starts_with("service-account-"))
         || ["azp", "client_id"]
             .iter()
-            .any(|c| claims.get(*c).and_then(Value::as_str) == Some(subject))
+            .any(|c| text(c) == Some(subject))
 }
 
-/// An upstream `act` chain with every `sub` cleaned and namespaced; at
-/// most 16 deep, anything malformed dropped.
+/// RFC 8725 §3.11: a JWT typed as something else (a security event, a
+/// logout token, a DPoP proof…) must never pass for an access or ID token,
+/// even when the IdP signs it with the same key. `application/` may be
+/// left off (RFC 7515 §4.1.9).
+fn typ_accepted(typ: Option<&str>) -> bool {
+    typ.is_none_or(|t| {
+        let t = t.to_ascii_lowercase();
+        matches!(
+            t.strip_prefix("application/").unwrap_or(&t),
+            "jwt" | "at+jwt"
+        )
+    })
+}
+
+/// An upstream `act` chain (RFC 8693 §4.1) with every `sub` cleaned and
+/// namespaced. A chain that cannot be read (not an object, no usable
+/// `sub`, longer than `max_depth` actors) makes the token invalid: dropping
+/// it would present a delegated token as the person's own.
 fn upstream_act(
     act: Option<&Value>,
     foreign: &dyn Fn(String) -> String,
-    depth: usize,
-) -> Option<Value> {
-    let act = act?.as_object()?;
-    if depth >= 16 {
-        return None;
+    max_depth: usize,
+) -> Result<Option<Value>, TokenError> {
+    let mut subs = Vec::new();
+    let mut next = act;
+    while let Some(a) = next {
+        if subs.len() == max_depth {
+            return Err(TokenError::BadActor);
+        }
+        let a = a.as_object().ok_or(TokenError::BadActor)?;
+        subs.push(foreign(plain(a.get("sub")).ok_or(TokenError::BadActor)?));
+        next = a.get("act");
     }
-    let sub = plain(act.get("sub"))?;
-    let mut out = serde_json::json!({ "sub": foreign(sub) });
-    if let Some(inner) = upstream_act(act.get("act"), foreign, depth + 1) {
-        out["act"] = inner;
-    }
-    Some(out)
+    Ok(subs.into_iter().rev().fold(None, |inner, sub| {
+        let mut out = serde_json::json!({ "sub": sub });
+        if let Some(inner) = inner {
+            out["act"] = inner;
+        }
+        Some(out)
+    }))
 }
 
 impl TrustedIssuers {
@@ -146,6 +182,7 @@ impl TrustedIssuers {
         configs: &[TrustedIssuerConfig],
         max_token_bytes: usize,
         skew: i64,
+        max_act_depth: usize,
         clock: Arc<dyn Clock>,
     ) -> Self {
         let generation = Arc::new(AtomicU64::new(1));
@@ -164,6 +201,7 @@ impl TrustedIssuers {
             cache: VerifiedCache::new(65_536),
             max_token_bytes,
             skew,
+            max_act_depth,
             clock,
         }
     }
@@ -184,9 +222,11 @@ impl TrustedIssuers {
         self.by_iss(claims.get("iss")?.as_str()?)
     }
 
-    /// Verifies an upstream token: issuer, algorithm, signature, `exp`,
-    /// `nbf`, `iat` and its age, the required claims, and the claim mapping.
-    /// Not the audience: see the module comment.
+    /// Verifies an upstream token: issuer, algorithm, header `typ`,
+    /// signature, `exp`, `nbf`, `iat` and its age, the required claims, that
+    /// a person's token is not an application's, the tenant allow-list,
+    /// `act`, and the claim mapping. Not the audience: see the module
+    /// comment.
     pub async fn verify(&self, token: &str) -> Result<Arc<VerifiedToken>, TokenError> {
         if token.len() > self.max_token_bytes {
             return Err(JwsError::TooLarge.into());
@@ -217,6 +257,9 @@ impl TrustedIssuers {
         if !cfg.algorithms.contains(&parsed.alg) {
             return Err(JwsError::UnsupportedAlg.into());
         }
+        if !typ_accepted(parsed.header.typ.as_deref()) {
+            return Err(TokenError::WrongType);
+        }
         let keys = issuer
             .keys
             .keys_for(parsed.header.kid.as_deref(), parsed.alg)
@@ -236,15 +279,18 @@ impl TrustedIssuers {
         let (Some(exp), Some(iat)) = (int("exp"), int("iat")) else {
             return Err(TokenError::MissingClaim);
         };
+        // The IdP's numbers are untrusted: saturating arithmetic, so that an
+        // `exp` near i64::MAX or a hugely negative `iat` cannot overflow.
         let skew = self.skew;
-        if exp + skew <= now {
+        if exp.saturating_add(skew) <= now {
             return Err(TokenError::Expired);
         }
-        if int("nbf").unwrap_or(iat) > now + skew || iat > now + skew {
+        let latest = now.saturating_add(skew);
+        if int("nbf").unwrap_or(iat) > latest || iat > latest {
             return Err(TokenError::NotYetValid);
         }
-        let max_age = cfg.max_token_age.as_secs() as i64;
-        if now - iat > max_age + skew {
+        let max_age = i64::try_from(cfg.max_token_age.as_secs()).unwrap_or(i64::MAX);
+        if now.saturating_sub(iat) > max_age.saturating_add(skew) {
             return Err(TokenError::TooOld);
         }
         if cfg
@@ -267,6 +313,9 @@ impl TrustedIssuers {
                 None if cfg.kind == TrustedKind::Workload => String::new(),
                 None => return Err(TokenError::MissingClaim),
             };
+        if !cfg.tenants.is_empty() && !cfg.tenants.contains(&tenant) {
+            return Err(TokenError::TenantNotAccepted);
+        }
         let groups = strings(claims.get(&cfg.claims.groups));
         let mut scopes: BTreeSet<String> = claims
             .get("scope")
@@ -289,7 +338,7 @@ impl TrustedIssuers {
         // clients: they are namespaced by the issuer's name, so they can
         // never match a Tessera client id, allow-list or delegation.
         let foreign = |id: String| format!("{}:{id}", cfg.name);
-        let act = upstream_act(claims.get("act"), &foreign, 0);
+        let act = upstream_act(claims.get("act"), &foreign, self.max_act_depth)?;
         let form = TokenForm::classify(parsed.header.typ.as_deref(), &claims);
         let mapped = AccessClaims {
             iss: cfg.issuer.clone(),
@@ -309,7 +358,12 @@ impl TrustedIssuers {
                 TrustedKind::Workload => Principal::Workload,
             },
             tenant,
-            groups: groups.clone(),
+            // Prefixed like the subject: a dataset grant to group `g` of one
+            // IdP is not held by another IdP's group of the same name.
+            groups: groups
+                .iter()
+                .map(|g| format!("{}{g}", cfg.subject_prefix))
+                .collect(),
             act,
             // The IdP's may_act is in its own namespace: kept apart, in `upstream`.
             may_act: None,
@@ -330,7 +384,7 @@ impl TrustedIssuers {
         self.cache.insert(
             digest,
             verified.clone(),
-            exp.min(iat + max_age),
+            exp.min(iat.saturating_add(max_age)),
             now,
             generation,
         );
@@ -400,5 +454,73 @@ mod tests {
             TokenForm::classify(None, &m(serde_json::json!({"typ": "ID"}))),
             TokenForm::IdToken
         );
+    }
+
+    #[test]
+    fn only_jwt_and_access_token_types_are_accepted() {
+        for ok in [
+            None,
+            Some("JWT"),
+            Some("jwt"),
+            Some("at+jwt"),
+            Some("application/AT+JWT"),
+        ] {
+            assert!(typ_accepted(ok), "{ok:?}");
+        }
+        for bad in [
+            "secevent+jwt",
+            "logout+jwt",
+            "dpop+jwt",
+            "JOSE",
+            "",
+            "application/",
+        ] {
+            assert!(!typ_accepted(Some(bad)), "{bad}");
+        }
+    }
+
+    #[test]
+    fn application_tokens_are_recognised() {
+        let m = |v: Value| v.as_object().unwrap().clone();
+        assert!(!is_app_only(
+            &m(serde_json::json!({"sub": "alice", "azp": "portal"})),
+            "alice"
+        ));
+        for app in [
+            serde_json::json!({"sub": "x", "gty": "client-credentials"}),
+            serde_json::json!({"sub": "x", "gty": ["client-credentials"]}),
+            serde_json::json!({"sub": "abc@clients"}),
+            serde_json::json!({"sub": "x", "preferred_username": "service-account-batch"}),
+            serde_json::json!({"sub": "x", "idtyp": "app"}),
+            serde_json::json!({"sub": "x", "client_id": "x"}),
+        ] {
+            let sub = app["sub"].as_str().unwrap().to_string();
+            assert!(is_app_only(&m(app), &sub));
+        }
+    }
+
+    #[test]
+    fn act_chains_are_namespaced_and_malformed_ones_refused() {
+        let foreign = |id: String| format!("corp:{id}");
+        let act = |v: Value| upstream_act(Some(&v), &foreign, 2);
+        assert_eq!(upstream_act(None, &foreign, 2), Ok(None));
+        assert_eq!(
+            act(serde_json::json!({"sub": "a", "act": {"sub": "b"}})),
+            Ok(Some(
+                serde_json::json!({"sub": "corp:a", "act": {"sub": "corp:b"}})
+            ))
+        );
+        for bad in [
+            serde_json::json!("a"),
+            serde_json::json!(null),
+            serde_json::json!({}),
+            serde_json::json!({"sub": ""}),
+            serde_json::json!({"sub": 7}),
+            serde_json::json!({"sub": "a", "act": "b"}),
+            serde_json::json!({"sub": "a", "act": {"sub": null}}),
+            serde_json::json!({"sub": "a", "act": {"sub": "b", "act": {"sub": "c"}}}),
+        ] {
+            assert_eq!(act(bad.clone()), Err(TokenError::BadActor), "{bad}");
+        }
     }
 }

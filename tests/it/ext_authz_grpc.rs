@@ -432,3 +432,21 @@ async fn check_without_http_attributes_is_invalid_argument() {
     // Nothing was decided, so nothing was audited.
     assert!(t.audit().await.is_empty());
 }
+
+#[tokio::test]
+async fn an_upstream_id_token_is_unauthenticated_and_an_access_token_passes() {
+    let idp = crate::idp::TestIdp::start().await;
+    let t = TestApp::builder()
+        .config(&idp.config("corp", "human", ""))
+        .policy("[[rule]]\nname = \"api\"\npath = \"/api/*\"\naccept = [\"human\"]\naudience = \"tessera\"\ntrusted_issuers = [\"corp\"]\n")
+        .start()
+        .await;
+    let access = idp.access_token("alice", "", serde_json::json!({}));
+    let r = check(&t, "GET", "/api/reports", Some(&access)).await;
+    assert_eq!(status_code(&r), OK, "{r:?}");
+    let id_token = idp.id_token("alice", serde_json::json!({}));
+    let r = check(&t, "GET", "/api/reports", Some(&id_token)).await;
+    let body = assert_denied(&r, UNAUTHENTICATED, 401, "id_token_not_accepted");
+    assert_eq!(body["error"], "invalid_token");
+    assert_deny_audited(&t, "GET /api/reports", "id_token_not_accepted").await;
+}

@@ -358,3 +358,181 @@ async fn original_request_headers_are_ignored_unless_trusted() {
     );
     assert!(r.body["request_id"].is_string());
 }
+
+// ---------------------------------------------------------------------------
+// Tokens taken directly from a trusted IdP
+
+mod trusted {
+    use serde_json::{json, Value};
+
+    use crate::harness::*;
+    use crate::idp::TestIdp;
+
+    const API: &str = "[[rule]]\nname = \"api\"\npath = \"/api/*\"\naccept = [\"human\"]\naudience = \"tessera\"\ntrusted_issuers = [\"corp\"]\n";
+
+    /// A Tessera trusting `idp` as "corp" with `extra` lines, behind the
+    /// `api` rule.
+    async fn edge(idp: &TestIdp, config: &str, extra: &str) -> TestApp {
+        TestApp::builder()
+            .config(config)
+            .config(&idp.config("corp", "human", extra))
+            .policy(API)
+            .start()
+            .await
+    }
+
+    /// The deny reason, after checking the status.
+    #[track_caller]
+    fn denied(r: &Reply, status: u16) -> String {
+        assert_eq!(r.status, status, "{}", r.text);
+        assert!(r.header("x-tessera-subject").is_none(), "{}", r.text);
+        r.body["reason"].as_str().unwrap_or_default().to_string()
+    }
+
+    /// An access token from `idp` for alice with `extra` claims, signed with
+    /// header `typ`.
+    fn token(idp: &TestIdp, typ: &str, extra: Value) -> String {
+        let mut c = idp.claims("alice", "tessera");
+        c["tenant"] = "acme".into();
+        c["client_id"] = "portal".into();
+        crate::idp::merge(&mut c, extra);
+        idp.sign_typ(typ, &c)
+    }
+
+    #[tokio::test]
+    async fn an_id_token_is_refused_as_id_token_not_accepted_and_an_access_token_passes() {
+        let idp = TestIdp::start().await;
+        let t = edge(&idp, "", "").await;
+        let r = t
+            .authz(
+                "GET",
+                "/api/reports",
+                Some(&idp.access_token("alice", "", json!({}))),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(r.header("x-tessera-subject"), Some("alice"));
+        // An untyped JWT without ID-token claims is not taken for one.
+        let r = t
+            .authz("GET", "/api/reports", Some(&token(&idp, "JWT", json!({}))))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+
+        for id_token in [
+            idp.id_token("alice", json!({})),
+            token(&idp, "JWT", json!({"at_hash": "x"})),
+            token(&idp, "JWT", json!({"typ": "ID"})),
+        ] {
+            let r = t.authz("GET", "/api/reports", Some(&id_token)).await;
+            assert_eq!(denied(&r, 401), "id_token_not_accepted");
+            assert_eq!(r.error(), "invalid_token");
+            let challenge = r.header("www-authenticate").unwrap_or_default();
+            assert!(challenge.contains("error=\"invalid_token\""), "{challenge}");
+        }
+        let audit = t.audit().await;
+        let rec = &audit.last().expect("denial audited").record;
+        assert_eq!(rec.reason, "id_token_not_accepted (rule api)");
+        assert_eq!(rec.upstream_issuer.as_deref(), Some("corp"));
+    }
+
+    #[tokio::test]
+    async fn a_token_must_also_name_one_of_its_issuers_audiences() {
+        let idp = TestIdp::start().await;
+        // The rule wants `tessera`; corp is trusted for `tessera` only, so
+        // the IdP's token for `tessera` alone passes, and one that names
+        // only the rule's audience when the issuer is trusted for another
+        // does not.
+        let t = TestApp::builder()
+            .config(&idp.config("corp", "human", "").replace(
+                "audiences = [\"tessera\"]",
+                "audiences = [\"tessera-edge\"]",
+            ))
+            .policy(API)
+            .start()
+            .await;
+        let only_rule = idp.access_token("alice", "", json!({}));
+        let r = t.authz("GET", "/api/reports", Some(&only_rule)).await;
+        assert_eq!(denied(&r, 403), "wrong_audience");
+        let both = idp.access_token("alice", "", json!({"aud": ["tessera", "tessera-edge"]}));
+        let r = t.authz("GET", "/api/reports", Some(&both)).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+
+    #[tokio::test]
+    async fn an_act_chain_longer_than_max_delegation_depth_or_malformed_is_invalid_token() {
+        let idp = TestIdp::start().await;
+        let t = edge(&idp, "[oauth]\nmax_delegation_depth = 2", "").await;
+        let two = json!({"act": {"sub": "gateway", "act": {"sub": "portal"}}});
+        let r = t
+            .authz(
+                "GET",
+                "/api/reports",
+                Some(&idp.access_token("alice", "", two)),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(r.header("x-tessera-actor"), Some("corp:gateway"));
+        for act in [
+            json!({"sub": "a", "act": {"sub": "b", "act": {"sub": "c"}}}),
+            json!("gateway"),
+            json!({"sub": ""}),
+            json!({"sub": "gateway", "act": {"sub": ["portal"]}}),
+        ] {
+            let bad = idp.access_token("alice", "", json!({ "act": act.clone() }));
+            let r = t.authz("GET", "/api/reports", Some(&bad)).await;
+            assert_eq!(denied(&r, 401), "invalid_act", "{act}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_token_typed_for_another_use_is_refused_as_wrong_token_type() {
+        let idp = TestIdp::start().await;
+        let t = edge(&idp, "", "").await;
+        for typ in ["secevent+jwt", "logout+jwt", "dpop+jwt"] {
+            let r = t
+                .authz("GET", "/api/reports", Some(&token(&idp, typ, json!({}))))
+                .await;
+            assert_eq!(denied(&r, 401), "wrong_token_type", "{typ}");
+        }
+    }
+
+    #[tokio::test]
+    async fn extreme_token_times_are_refused_or_bounded_without_overflow() {
+        let idp = TestIdp::start().await;
+        let t = edge(&idp, "", "").await;
+        let now = t.clock.now();
+        // A far-future `exp` is bounded by max_token_age, not an overflow.
+        let far = token(&idp, "at+jwt", json!({"exp": i64::MAX, "iat": now}));
+        let r = t.authz("GET", "/api/reports", Some(&far)).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        for (claims, reason) in [
+            (json!({"iat": i64::MIN}), "token_too_old"),
+            (json!({"iat": -1}), "token_too_old"),
+            (json!({"exp": i64::MIN}), "token_expired"),
+            (json!({"exp": -1}), "token_expired"),
+            (json!({"iat": i64::MAX}), "token_not_yet_valid"),
+            (json!({"iat": now, "nbf": i64::MAX}), "token_not_yet_valid"),
+        ] {
+            let bad = token(&idp, "at+jwt", claims.clone());
+            let r = t.authz("GET", "/api/reports", Some(&bad)).await;
+            assert_eq!(denied(&r, 401), reason, "{claims}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_tenant_outside_the_issuers_tenants_is_refused() {
+        let idp = TestIdp::start().await;
+        let t = edge(&idp, "", "tenants = [\"acme\"]").await;
+        let r = t
+            .authz(
+                "GET",
+                "/api/reports",
+                Some(&token(&idp, "at+jwt", json!({}))),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let globex = token(&idp, "at+jwt", json!({"tenant": "globex"}));
+        let r = t.authz("GET", "/api/reports", Some(&globex)).await;
+        assert_eq!(denied(&r, 401), "tenant_not_accepted");
+    }
+}

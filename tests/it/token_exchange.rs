@@ -1223,21 +1223,157 @@ async fn an_idp_token_for_an_application_is_not_a_person() {
     let idp = TestIdp::start().await;
     let t = start_with_keys(&idp).await;
     let (id, secret) = product(&t, "api", &["reports:read"]).await;
-    for extra in [json!({"azp": "batch-job"}), json!({"idtyp": "app"})] {
-        let app_only = idp.access_token("batch-job", "reports:read", extra);
-        let r = exchange(
-            &t,
-            (&id, &secret),
-            &[
-                ("subject_token", &app_only),
-                ("subject_token_type", ACCESS_TOKEN),
-                ("audience", "api"),
-            ],
-        )
-        .await;
-        assert_eq!((r.status, r.error()), (400, "invalid_grant"), "{}", r.text);
-        assert!(r.text.contains("not a person"), "{}", r.text);
+    let cases = [
+        ("batch-job", json!({"azp": "batch-job"})),
+        ("batch-job", json!({"idtyp": "app"})),
+        // Auth0 client-credentials tokens.
+        ("batch-job", json!({"gty": "client-credentials"})),
+        ("Xk3v9QpL@clients", json!({})),
+        // Keycloak service-account users.
+        (
+            "f3e1c2a0",
+            json!({"preferred_username": "service-account-batch-job"}),
+        ),
+    ];
+    for (sub, extra) in cases {
+        let app_only = idp.access_token(sub, "reports:read", extra.clone());
+        let r = exchange_for_api(&t, (&id, &secret), &app_only, ACCESS_TOKEN).await;
+        assert_eq!(
+            (r.status, r.error()),
+            (400, "invalid_grant"),
+            "{extra}: {}",
+            r.text
+        );
+        assert!(r.text.contains("not a person"), "{extra}: {}", r.text);
     }
+    // A person whose username merely mentions a service account passes.
+    let person = idp.access_token(
+        "alice",
+        "reports:read",
+        json!({"preferred_username": "alice-service-account"}),
+    );
+    let r = exchange_for_api(&t, (&id, &secret), &person, ACCESS_TOKEN).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+}
+
+#[tokio::test]
+async fn a_malformed_upstream_act_makes_the_subject_token_invalid() {
+    let idp = TestIdp::start().await;
+    let t = start_with_keys(&idp).await;
+    let (id, secret) = product(&t, "api", &["reports:read"]).await;
+    let well_formed = idp.access_token(
+        "alice",
+        "reports:read",
+        json!({"act": {"sub": "gateway", "act": {"sub": "portal"}}}),
+    );
+    let r = exchange_for_api(&t, (&id, &secret), &well_formed, ACCESS_TOKEN).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    for act in [
+        json!("gateway"),
+        json!(["gateway"]),
+        json!({}),
+        json!({"sub": ""}),
+        json!({"sub": 42}),
+        json!({"sub": "gateway", "act": "portal"}),
+        json!({"sub": "gateway", "act": {"client_id": "portal"}}),
+    ] {
+        let token = idp.access_token("alice", "reports:read", json!({ "act": act.clone() }));
+        let r = exchange_for_api(&t, (&id, &secret), &token, ACCESS_TOKEN).await;
+        assert_eq!(
+            (r.status, r.error()),
+            (400, "invalid_grant"),
+            "{act}: {}",
+            r.text
+        );
+        assert!(
+            r.text.contains("act claim is not valid"),
+            "{act}: {}",
+            r.text
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_idp_token_typed_as_something_other_than_a_jwt_or_access_token_is_invalid_grant() {
+    let idp = TestIdp::start().await;
+    let t = start_with_keys(&idp).await;
+    let (id, secret) = product(&t, "api", &["reports:read"]).await;
+    let claims = idp_access_claims(&idp, "alice", "reports:read");
+    for typ in ["JWT", "jwt", "at+jwt", "application/at+jwt", "AT+JWT"] {
+        let mut c = claims.clone();
+        c["jti"] = uuid::Uuid::new_v4().to_string().into();
+        let token = idp.sign_typ(typ, &c);
+        let r = exchange_for_api(&t, (&id, &secret), &token, JWT).await;
+        assert_eq!(r.status, 200, "typ {typ}: {}", r.text);
+    }
+    for typ in [
+        "secevent+jwt",
+        "logout+jwt",
+        "dpop+jwt",
+        "application/secevent+jwt",
+    ] {
+        let token = idp.sign_typ(typ, &claims);
+        let r = exchange_for_api(&t, (&id, &secret), &token, JWT).await;
+        assert_eq!(
+            (r.status, r.error()),
+            (400, "invalid_grant"),
+            "typ {typ}: {}",
+            r.text
+        );
+        assert!(r.text.contains("typ"), "typ {typ}: {}", r.text);
+    }
+}
+
+#[tokio::test]
+async fn an_idp_token_from_a_tenant_outside_the_issuers_tenants_is_invalid_grant() {
+    let idp = TestIdp::start().await;
+    let t = TestApp::builder()
+        .config(&idp.config(
+            "corp",
+            "human",
+            "tenants = [\"acme\"]\n[trusted_issuers.group_scopes]\nanalysts = [\"reports:read\"]",
+        ))
+        .start()
+        .await;
+    let (id, secret) = product(&t, "api", &["reports:read"]).await;
+    let acme = idp.access_token("alice", "reports:read", json!({}));
+    let r = exchange_for_api(&t, (&id, &secret), &acme, ACCESS_TOKEN).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let globex = idp.access_token("bob", "reports:read", json!({"tenant": "globex"}));
+    let r = exchange_for_api(&t, (&id, &secret), &globex, ACCESS_TOKEN).await;
+    assert_error(&r, 400, "invalid_grant");
+    assert!(r.text.contains("tenant"), "{}", r.text);
+}
+
+#[tokio::test]
+async fn two_human_idps_keep_their_people_and_groups_apart_by_subject_prefix() {
+    let corp = TestIdp::start().await;
+    let partner = TestIdp::start().await;
+    let t = TestApp::builder()
+        .config(&corp.config("corp", "human", "subject_prefix = \"corp:\""))
+        .config(&partner.config("partner", "human", "subject_prefix = \"partner:\""))
+        .start()
+        .await;
+    let app = t.app();
+    let extra = json!({"groups": ["analysts"]});
+    let at_corp = app
+        .trusted
+        .verify(&corp.access_token("alice", "", extra.clone()))
+        .await
+        .unwrap();
+    let at_partner = app
+        .trusted
+        .verify(&partner.access_token("alice", "", extra))
+        .await
+        .unwrap();
+    assert_eq!(at_corp.claims.sub, "corp:alice");
+    assert_eq!(at_partner.claims.sub, "partner:alice");
+    // A dataset grant to group `corp:analysts` is not held by the
+    // partner's `analysts`.
+    assert_eq!(at_corp.claims.groups, ["corp:analysts"]);
+    assert_eq!(at_partner.claims.groups, ["partner:analysts"]);
+    // `group_scopes` keys stay the IdP's own names.
+    assert_eq!(at_corp.upstream.as_ref().unwrap().groups, ["analysts"]);
 }
 
 #[tokio::test]

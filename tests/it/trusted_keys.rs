@@ -248,6 +248,38 @@ async fn a_discovery_document_naming_a_different_issuer_is_refused() {
     task.abort();
 }
 
+#[tokio::test]
+async fn a_discovered_jwks_uri_over_plain_http_off_loopback_is_not_fetched() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let issuer = format!("http://{}", listener.local_addr().unwrap());
+    // Its own issuer, but keys from a host anyone on the path could answer for.
+    let doc = json!({"issuer": issuer, "jwks_uri": "http://keys.example.com/jwks"});
+    let router = axum::Router::new().route(
+        "/.well-known/openid-configuration",
+        axum::routing::get(move || {
+            let doc = doc.clone();
+            async move { axum::Json(doc) }
+        }),
+    );
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    let t = TestApp::builder()
+        .config(&format!(
+            "[[trusted_issuers]]\nname = \"corp\"\nissuer = {issuer:?}\nkind = \"human\"\n\
+             audiences = [\"tessera\"]\nfetch_timeout = \"1s\"\n"
+        ))
+        .start()
+        .await;
+    let p = data_product(&t).await;
+    let token = ClientKey::es256(Some("k")).sign(&claims_at(&t, &issuer, "alice"));
+    assert_unavailable(&swap(&t, &p, &token).await);
+    let error = wait_for_fetch_error(&t).await;
+    assert!(error.contains("not https"), "{error}");
+    assert!(!key_status(&t).usable);
+    task.abort();
+}
+
 // ---------------------------------------------------------------------------
 // Caching
 
@@ -654,8 +686,15 @@ async fn ext_authz_allows_a_trusted_token_with_identity_headers() {
         .policy(POLICY)
         .start()
         .await;
+    // An access token: an ID token is no credential for a route.
+    let mut claims = claims_at(&t, &idp.issuer, "alice");
+    claims.as_object_mut().unwrap().remove("nonce");
     let r = t
-        .authz("GET", "/api/reports", Some(&user_token(&idp, &t, "alice")))
+        .authz(
+            "GET",
+            "/api/reports",
+            Some(&idp.sign_typ("at+jwt", &claims)),
+        )
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.header("x-tessera-subject"), Some("alice"));
@@ -705,12 +744,38 @@ async fn tessera_serve_refuses_a_trusted_issuer_with_a_bad_algorithm_or_key() {
     let dir = tempfile::tempdir().unwrap();
     let env = crate::harness::BinEnv::fresh(dir.path());
     let entry = "[[trusted_issuers]]\nname = \"corp\"\nissuer = \"https://idp.example\"\nkind = \"human\"\naudiences = [\"tessera\"]\n";
+    let other = |issuer: &str| {
+        entry
+            .replace("https://idp.example", issuer)
+            .replace("corp", "partner")
+    };
     let cases = [
-        ("algorithms = [\"HS256\"]", "trusted_issuers[0].algorithms"),
-        ("algorithms = [\"none\"]", "trusted_issuers[0].algorithms"),
         (
-            "jwks_url = \"https://idp.example/jwks\"",
+            "algorithms = [\"HS256\"]".to_string(),
+            "trusted_issuers[0].algorithms",
+        ),
+        (
+            "algorithms = [\"none\"]".to_string(),
+            "trusted_issuers[0].algorithms",
+        ),
+        (
+            "jwks_url = \"https://idp.example/jwks\"".to_string(),
             "trusted_issuers[0]",
+        ),
+        // Keys over plain http from anywhere but loopback.
+        (
+            "jwks_uri = \"http://idp.example/jwks\"".to_string(),
+            "trusted_issuers[0].jwks_uri",
+        ),
+        // Tessera's own issuer (the default public_url is http://{listen}).
+        (
+            other("http://127.0.0.1:8080/issuers/service"),
+            "trusted_issuers[1].issuer",
+        ),
+        // A second human issuer while neither has a subject_prefix.
+        (
+            other("https://partner.example"),
+            "trusted_issuers[0].subject_prefix",
         ),
     ];
     for (i, (extra, key)) in cases.iter().enumerate() {
