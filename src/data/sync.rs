@@ -4,11 +4,12 @@
 //!
 //! Tessera keeps a ledger of the permissions it granted
 //! ([`LakeFormationStore`]). A (role, resource) pair that a dataset names
-//! is managed: it is brought to exactly the dataset's permissions. A pair
-//! no dataset names any more (the dataset was deleted, or its role, table,
-//! tags or permissions changed) loses the permissions the ledger holds for
-//! it, and nothing else. Grants that are neither in the ledger nor on a
-//! managed pair were made by someone else and are left alone.
+//! is managed: it is brought to exactly the dataset's permissions (so a
+//! narrowed dataset loses the rest). A pair no dataset names any more (the
+//! dataset was deleted, or its role, table or tags changed) loses the
+//! permissions the ledger holds for it, and nothing else. Grants that are
+//! neither in the ledger nor on a managed pair were made by someone else
+//! and are left alone.
 //!
 //! Changes are applied one batch at a time (grants first, so a permission
 //! that stays is never briefly gone). After each batch, the ledger takes
