@@ -66,8 +66,10 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum LakeformationCommand {
-    /// Grant what each dataset's role lacks on its table, revoke what it
-    /// holds beyond the dataset's permissions; prints the plan.
+    /// Grant what each dataset's role lacks on its table (or LF-Tag
+    /// expression), revoke what it holds beyond the dataset's permissions
+    /// and what Tessera granted for datasets that are gone; prints the plan.
+    /// Exits 1 when a change failed (the changes before it stay applied).
     Sync {
         /// Print the plan without changing anything.
         #[arg(long)]
@@ -371,10 +373,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             let audit = crate::audit::AuditLog::spawn(store.clone(), config.audit.batch_max);
             let lf = crate::aws::lakeformation::AwsLakeFormation::new(&config.aws).await;
             let datasets = store.list_datasets().await?;
-            let report =
-                crate::data::sync::run(&datasets, &lf, &audit, dry_run, clock.now_millis()).await?;
+            let report = crate::data::sync::run(
+                &datasets,
+                store.as_ref(),
+                &lf,
+                &audit,
+                dry_run,
+                clock.now_millis(),
+            )
+            .await?;
+            let failed = report.error.clone();
             print(serde_json::to_value(report)?);
-            Ok(0)
+            match failed {
+                Some(e) => {
+                    eprintln!("tessera: Lake Formation sync stopped: {e}");
+                    Ok(1)
+                }
+                None => Ok(0),
+            }
         }
         Command::Aws(AwsCommand::CredentialProcess {
             dataset,

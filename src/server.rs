@@ -139,24 +139,36 @@ fn spawn_background(app: &AppState) -> Vec<JoinHandle<()>> {
         let lf_app = app.clone();
         tasks.push(tokio::spawn(async move {
             let lf = crate::aws::lakeformation::AwsLakeFormation::new(&lf_app.config.aws).await;
+            // One replica syncs at a time: the lease outlives two cycles, so
+            // the holder keeps it by renewing each cycle, and another
+            // replica takes over within two cycles after it stops.
+            let holder = uuid::Uuid::new_v4().to_string();
+            let ttl = i64::try_from(every.as_secs().saturating_mul(2)).unwrap_or(i64::MAX);
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                let synced = async {
-                    let datasets = lf_app.store.list_datasets().await?;
-                    crate::data::sync::run(
-                        &datasets,
-                        &lf,
-                        &lf_app.audit,
-                        false,
-                        lf_app.clock.now_millis(),
-                    )
-                    .await
-                }
+                let synced = crate::data::sync::cycle(
+                    lf_app.store.as_ref(),
+                    &lf,
+                    &lf_app.audit,
+                    lf_app.clock.as_ref(),
+                    &holder,
+                    ttl,
+                )
                 .await;
-                if let Err(e) = synced {
-                    tracing::warn!(error = %e, "Lake Formation sync failed; will retry");
+                match synced {
+                    Ok(Some(report)) => {
+                        if let Some(e) = report.error {
+                            tracing::warn!(error = %e, "Lake Formation sync stopped at a failed change; will retry");
+                        }
+                    }
+                    Ok(None) => {
+                        tracing::debug!("Lake Formation sync: another replica holds the lease")
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Lake Formation sync failed; will retry")
+                    }
                 }
             }
         }));

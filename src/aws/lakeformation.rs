@@ -1,38 +1,113 @@
 //! Lake Formation grants of each dataset's role, kept in step with the
 //! registry (DESIGN.md §5.4).
 //!
-//! Only the (principal, table) pairs Tessera is told about are managed: on
-//! those, missing permissions are granted and extra ones revoked. Grants on
-//! any other principal or table are never touched, because Tessera cannot
-//! know who made them or why. A desired grant with no permissions therefore
-//! means "this role should hold nothing on this table" (a dataset taken
-//! away), which is different from not naming the pair at all.
+//! Which grants are Tessera's is decided by a ledger of what it granted
+//! (kept by the caller, see [`crate::data::sync`]) and by the (principal,
+//! resource) pairs the datasets name now:
 //!
-//! Permissions-with-grant-option are not managed (Tessera never grants
-//! them, and leaves any that an administrator gave alone).
+//! * On a pair a dataset names (managed), the principal holds exactly the
+//!   desired permissions: missing ones are granted, extra ones revoked,
+//!   whoever granted them.
+//! * On a pair no dataset names any more (dataset deleted, its role, table
+//!   or tags changed), only the permissions in the ledger are revoked.
+//! * Anything else is not Tessera's: it is never touched, because Tessera
+//!   cannot know who made it or why.
+//!
+//! A resource is a table (or every table of a database) or an LF-Tag
+//! policy (`LFTagPolicy` with resource type `TABLE`: every table whose tags
+//! match the expression). Permissions-with-grant-option are not managed
+//! (Tessera never grants them, and leaves any that an administrator gave
+//! alone).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 
 use async_trait::async_trait;
 use aws_config::SdkConfig;
 use aws_sdk_lakeformation::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_lakeformation::types::{
-    BatchPermissionsFailureEntry, BatchPermissionsRequestEntry, DataLakePrincipal, Resource,
-    TableResource, TableWildcard,
+    BatchPermissionsFailureEntry, BatchPermissionsRequestEntry, DataLakePrincipal,
+    LfTagPolicyResource, Resource, ResourceType, TableResource, TableWildcard,
 };
+use serde::{Deserialize, Serialize};
 
 pub use super::session::Permission;
 use super::AwsConfig;
 
-/// Lake Formation permissions on one table of one principal.
+/// One term of an LF-Tag expression: the tag `key` has one of `values`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct LfTag {
+    pub key: String,
+    pub values: Vec<String>,
+}
+
+/// What a grant is on.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum LfResource {
+    /// One table; `table: None` is every table of the database (Lake
+    /// Formation's table wildcard), not the database itself.
+    Table {
+        database: String,
+        table: Option<String>,
+    },
+    /// Every table whose LF-Tags match all terms (`LFTagPolicy`, resource
+    /// type `TABLE`). Build with [`LfResource::tag_policy`] so that equal
+    /// expressions compare equal.
+    TagPolicy { expression: Vec<LfTag> },
+}
+
+impl LfResource {
+    pub fn table(database: &str, table: Option<&str>) -> Self {
+        LfResource::Table {
+            database: database.into(),
+            table: table.map(String::from),
+        }
+    }
+
+    /// Terms sorted by key, values sorted and without repeats.
+    pub fn tag_policy(mut expression: Vec<LfTag>) -> Self {
+        for t in &mut expression {
+            t.values.sort();
+            t.values.dedup();
+        }
+        expression.sort();
+        LfResource::TagPolicy { expression }
+    }
+
+    /// The ledger's name for the resource: canonical JSON.
+    pub fn ledger_key(&self) -> String {
+        serde_json::to_string(self).expect("resource serializes")
+    }
+
+    pub fn from_ledger_key(key: &str) -> Option<Self> {
+        serde_json::from_str(key).ok()
+    }
+}
+
+impl fmt::Display for LfResource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LfResource::Table { database, table } => {
+                write!(f, "{database}.{}", table.as_deref().unwrap_or("*"))
+            }
+            LfResource::TagPolicy { expression } => {
+                let terms: Vec<String> = expression
+                    .iter()
+                    .map(|t| format!("{}={}", t.key, t.values.join("|")))
+                    .collect();
+                write!(f, "tables tagged {}", terms.join(" and "))
+            }
+        }
+    }
+}
+
+/// Lake Formation permissions of one principal on one resource.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Grant {
     /// The dataset's IAM role.
     pub principal_arn: String,
-    pub database: String,
-    /// `None`: every table of the database (Lake Formation's table
-    /// wildcard), not the database itself.
-    pub table: Option<String>,
+    pub resource: LfResource,
     /// Lake Formation permission names (`SELECT`, `DESCRIBE`, …).
     pub permissions: Vec<String>,
 }
@@ -42,16 +117,19 @@ pub type DesiredGrant = Grant;
 /// What Lake Formation says a role holds.
 pub type CurrentGrant = Grant;
 
-/// What [`sync`] does (or, on a dry run, would do).
+/// What a sync does (or, on a dry run, would do).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
     pub grant: Vec<Grant>,
     pub revoke: Vec<Grant>,
+    /// Ledger entries Lake Formation no longer holds (someone else revoked
+    /// them) and no dataset wants: dropped from the ledger, no AWS call.
+    pub forget: Vec<Grant>,
 }
 
 impl Plan {
     pub fn is_empty(&self) -> bool {
-        self.grant.is_empty() && self.revoke.is_empty()
+        self.grant.is_empty() && self.revoke.is_empty() && self.forget.is_empty()
     }
 }
 
@@ -68,93 +146,107 @@ pub fn lf_permissions(perms: &[Permission]) -> Vec<String> {
     out.into_iter().map(String::from).collect()
 }
 
-/// The few Lake Formation calls [`sync`] needs.
+/// Per-entry failures of a batch call: index into its entries, and why.
+pub type Failures = Vec<(usize, String)>;
+
+/// The few Lake Formation calls a sync needs.
 #[async_trait]
 pub trait LakeFormation: Send + Sync {
-    /// What `principal_arn` holds on exactly this table (`table: None`: the
-    /// table wildcard of `database`).
+    /// What `principal_arn` holds on exactly this resource.
     async fn list_permissions(
         &self,
         principal_arn: &str,
-        database: &str,
-        table: Option<&str>,
+        resource: &LfResource,
     ) -> Result<Vec<CurrentGrant>, String>;
-    async fn batch_grant(&self, grants: &[Grant]) -> Result<(), String>;
-    async fn batch_revoke(&self, grants: &[Grant]) -> Result<(), String>;
+    /// `Err`: the call failed as a whole and nothing was granted. `Ok`: the
+    /// entries that failed; every other entry was granted.
+    async fn batch_grant(&self, grants: &[Grant]) -> Result<Failures, String>;
+    /// As [`LakeFormation::batch_grant`], revoking.
+    async fn batch_revoke(&self, grants: &[Grant]) -> Result<Failures, String>;
 }
 
-type Key = (String, String, Option<String>);
+/// A (principal, resource) pair.
+pub type Pair = (String, LfResource);
 
-fn key(g: &Grant) -> Key {
-    (g.principal_arn.clone(), g.database.clone(), g.table.clone())
+pub fn pair(g: &Grant) -> Pair {
+    (g.principal_arn.clone(), g.resource.clone())
 }
 
-fn by_key<'a>(grants: impl Iterator<Item = &'a Grant>) -> BTreeMap<Key, BTreeSet<String>> {
-    let mut map: BTreeMap<Key, BTreeSet<String>> = BTreeMap::new();
+fn by_pair<'a>(grants: impl Iterator<Item = &'a Grant>) -> BTreeMap<Pair, BTreeSet<String>> {
+    let mut map: BTreeMap<Pair, BTreeSet<String>> = BTreeMap::new();
     for g in grants {
-        map.entry(key(g))
+        map.entry(pair(g))
             .or_default()
             .extend(g.permissions.iter().cloned());
     }
     map
 }
 
-/// What to grant and revoke so that each (principal, table) pair named in
-/// `desired` holds exactly its desired permissions. Entries of `current` on
-/// other pairs are ignored. Deterministic: sorted by principal, database,
-/// table, with sorted permissions.
-pub fn plan(desired: &[DesiredGrant], current: &[CurrentGrant]) -> Plan {
-    let desired = by_key(desired.iter());
-    let current = by_key(current.iter().filter(|g| desired.contains_key(&key(g))));
+/// Every pair a sync has to read: those named in `desired` and those in the
+/// ledger.
+pub fn pairs(desired: &[DesiredGrant], ledger: &[Grant]) -> BTreeSet<Pair> {
+    desired.iter().chain(ledger).map(pair).collect()
+}
+
+/// What to grant, revoke and forget (see the module doc): each pair in
+/// `desired` ends up holding exactly its permissions, each other pair in
+/// `ledger` loses what the ledger says Tessera granted, and nothing else
+/// in `current` is touched. Deterministic: sorted by principal and
+/// resource, with sorted permissions.
+pub fn plan(desired: &[DesiredGrant], ledger: &[Grant], current: &[CurrentGrant]) -> Plan {
+    let desired = by_pair(desired.iter());
+    let ledger = by_pair(ledger.iter());
+    let current = by_pair(current.iter());
     let empty = BTreeSet::new();
     let mut plan = Plan::default();
-    for (k, want) in &desired {
+    let all: BTreeSet<&Pair> = desired.keys().chain(ledger.keys()).collect();
+    for k in all {
         let have = current.get(k).unwrap_or(&empty);
-        let grant = |permissions: Vec<String>| Grant {
+        let ours = ledger.get(k).unwrap_or(&empty);
+        let grant = |permissions: BTreeSet<String>| Grant {
             principal_arn: k.0.clone(),
-            database: k.1.clone(),
-            table: k.2.clone(),
-            permissions,
+            resource: k.1.clone(),
+            permissions: permissions.into_iter().collect(),
         };
-        let missing: Vec<String> = want.difference(have).cloned().collect();
-        let extra: Vec<String> = have.difference(want).cloned().collect();
+        let (missing, extra, forget): (BTreeSet<String>, BTreeSet<String>, BTreeSet<String>) =
+            match desired.get(k) {
+                Some(want) => (
+                    want.difference(have).cloned().collect(),
+                    have.difference(want).cloned().collect(),
+                    ours.difference(have)
+                        .filter(|p| !want.contains(*p))
+                        .cloned()
+                        .collect(),
+                ),
+                None => (
+                    BTreeSet::new(),
+                    ours.intersection(have).cloned().collect(),
+                    ours.difference(have).cloned().collect(),
+                ),
+            };
         if !missing.is_empty() {
             plan.grant.push(grant(missing));
         }
         if !extra.is_empty() {
             plan.revoke.push(grant(extra));
         }
+        if !forget.is_empty() {
+            plan.forget.push(grant(forget));
+        }
     }
     plan
 }
 
-/// Reads the current permissions of every pair named in `desired`, plans,
-/// and (unless `dry_run`) grants what is missing, then revokes what is
-/// extra: granting first, so a permission that stays is never briefly
-/// gone. Returns the plan.
-pub async fn sync(
+/// What Lake Formation holds on each of `pairs`.
+pub async fn current(
     lf: &dyn LakeFormation,
-    desired: &[DesiredGrant],
-    dry_run: bool,
-) -> Result<Plan, String> {
-    let pairs: BTreeSet<Key> = desired.iter().map(key).collect();
-    let mut current = Vec::new();
-    for (principal, database, table) in &pairs {
-        current.extend(
-            lf.list_permissions(principal, database, table.as_deref())
-                .await?,
-        );
+    pairs: &BTreeSet<Pair>,
+) -> Result<Vec<CurrentGrant>, String> {
+    let mut out = Vec::new();
+    for (principal, resource) in pairs {
+        out.extend(lf.list_permissions(principal, resource).await?);
     }
-    let plan = plan(desired, &current);
-    if !dry_run {
-        if !plan.grant.is_empty() {
-            lf.batch_grant(&plan.grant).await?;
-        }
-        if !plan.revoke.is_empty() {
-            lf.batch_revoke(&plan.revoke).await?;
-        }
-    }
-    Ok(plan)
+    Ok(out)
 }
 
 /// Lake Formation through the AWS SDK (same `[aws]` settings, timeout and
@@ -165,7 +257,7 @@ pub struct AwsLakeFormation {
 }
 
 /// Most entries Lake Formation takes in one batch call.
-const BATCH_MAX: usize = 20;
+pub const BATCH_MAX: usize = 20;
 
 impl AwsLakeFormation {
     pub async fn new(cfg: &AwsConfig) -> AwsLakeFormation {
@@ -177,6 +269,101 @@ impl AwsLakeFormation {
             client: aws_sdk_lakeformation::Client::new(sdk),
         }
     }
+
+    /// Every permission in the catalog, unfiltered (`ListPermissions` with
+    /// neither principal nor resource), as (principal, resource,
+    /// permissions) for the plain table and LF-Tag policy grants.
+    pub async fn list_all_permissions(&self) -> Result<Vec<CurrentGrant>, String> {
+        self.list(None, None).await
+    }
+
+    async fn list(
+        &self,
+        principal_arn: Option<&str>,
+        resource: Option<&LfResource>,
+    ) -> Result<Vec<CurrentGrant>, String> {
+        let mut out = Vec::new();
+        let mut next: Option<String> = None;
+        loop {
+            // An LF-Tag policy is listed like a table: principal and the
+            // `LFTagPolicy` resource, then matched here by expression.
+            let page = self
+                .client
+                .list_permissions()
+                .set_principal(principal_arn.map(principal))
+                .set_resource(resource.map(sdk_resource).transpose()?)
+                .set_next_token(next.take())
+                .send()
+                .await
+                .map_err(|e| call_error("ListPermissions", &e))?;
+            for p in page.principal_resource_permissions() {
+                let (Some(who), Some(what)) = (
+                    p.principal()
+                        .and_then(|p| p.data_lake_principal_identifier()),
+                    p.resource().and_then(our_resource),
+                ) else {
+                    continue;
+                };
+                out.push(Grant {
+                    principal_arn: who.to_string(),
+                    resource: what,
+                    permissions: p
+                        .permissions()
+                        .iter()
+                        .map(|p| p.as_str().to_string())
+                        .collect(),
+                });
+            }
+            match page.next_token() {
+                Some(token) if !token.is_empty() => next = Some(token.to_string()),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    async fn batch(&self, revoke: bool, grants: &[Grant]) -> Result<Failures, String> {
+        let op = if revoke {
+            "BatchRevokePermissions"
+        } else {
+            "BatchGrantPermissions"
+        };
+        let mut failed = Vec::new();
+        for (n, chunk) in grants.chunks(BATCH_MAX).enumerate() {
+            let offset = n * BATCH_MAX;
+            let entries = Some(entries(chunk)?);
+            let out = if revoke {
+                self.client
+                    .batch_revoke_permissions()
+                    .set_entries(entries)
+                    .send()
+                    .await
+                    .map(|o| o.failures().to_vec())
+                    .map_err(|e| call_error(op, &e))
+            } else {
+                self.client
+                    .batch_grant_permissions()
+                    .set_entries(entries)
+                    .send()
+                    .await
+                    .map(|o| o.failures().to_vec())
+                    .map_err(|e| call_error(op, &e))
+            };
+            let failures = match out {
+                Ok(f) => f,
+                // A later chunk failing as a whole: the earlier chunks were
+                // applied, so this one and the rest (not tried) are
+                // reported entry by entry.
+                Err(why) if offset > 0 => {
+                    failed.extend((offset..grants.len()).map(|i| (i, why.clone())));
+                    break;
+                }
+                Err(why) => return Err(why),
+            };
+            failed.extend(entry_failures(op, &failures, chunk.len(), offset));
+        }
+        Ok(failed)
+    }
 }
 
 fn principal(arn: &str) -> DataLakePrincipal {
@@ -185,14 +372,59 @@ fn principal(arn: &str) -> DataLakePrincipal {
         .build()
 }
 
-fn table_resource(database: &str, table: Option<&str>) -> Result<Resource, String> {
-    let mut t = TableResource::builder().database_name(database);
-    t = match table {
-        Some(name) => t.name(name),
-        None => t.table_wildcard(TableWildcard::builder().build()),
-    };
-    let t = t.build().map_err(|e| e.to_string())?;
-    Ok(Resource::builder().table(t).build())
+fn sdk_resource(resource: &LfResource) -> Result<Resource, String> {
+    match resource {
+        LfResource::Table { database, table } => {
+            let mut t = TableResource::builder().database_name(database);
+            t = match table {
+                Some(name) => t.name(name),
+                None => t.table_wildcard(TableWildcard::builder().build()),
+            };
+            let t = t.build().map_err(|e| e.to_string())?;
+            Ok(Resource::builder().table(t).build())
+        }
+        LfResource::TagPolicy { expression } => {
+            let mut p = LfTagPolicyResource::builder().resource_type(ResourceType::Table);
+            for term in expression {
+                p = p.expression(
+                    aws_sdk_lakeformation::types::LfTag::builder()
+                        .tag_key(&term.key)
+                        .set_tag_values(Some(term.values.clone()))
+                        .build()
+                        .map_err(|e| e.to_string())?,
+                );
+            }
+            let p = p.build().map_err(|e| e.to_string())?;
+            Ok(Resource::builder().lf_tag_policy(p).build())
+        }
+    }
+}
+
+/// The resource of a listed grant, when it is of a kind Tessera manages: a
+/// plain table (by name or wildcard) or a `TABLE` LF-Tag policy given by
+/// expression. Column-level grants, named expressions and the rest are
+/// not Tessera's.
+fn our_resource(r: &Resource) -> Option<LfResource> {
+    if let Some(t) = r.table() {
+        return match (t.name(), t.table_wildcard()) {
+            (Some(name), None) => Some(LfResource::table(t.database_name(), Some(name))),
+            (None, Some(_)) => Some(LfResource::table(t.database_name(), None)),
+            _ => None,
+        };
+    }
+    let p = r.lf_tag_policy()?;
+    if p.resource_type() != &ResourceType::Table || p.expression().is_empty() {
+        return None;
+    }
+    Some(LfResource::tag_policy(
+        p.expression()
+            .iter()
+            .map(|t| LfTag {
+                key: t.tag_key().to_string(),
+                values: t.tag_values().to_vec(),
+            })
+            .collect(),
+    ))
 }
 
 fn call_error<E>(op: &str, e: &SdkError<E>) -> String
@@ -211,27 +443,45 @@ where
     }
 }
 
-fn failures(op: &str, failures: &[BatchPermissionsFailureEntry]) -> Result<(), String> {
-    if failures.is_empty() {
-        return Ok(());
+/// The failed entries of one chunk, by index into the whole call. An entry
+/// id that does not name one of the chunk's entries fails them all: what
+/// was applied is then unknown, and unknown must not read as granted.
+fn entry_failures(
+    op: &str,
+    failures: &[BatchPermissionsFailureEntry],
+    len: usize,
+    offset: usize,
+) -> Failures {
+    let mut out = BTreeMap::new();
+    for f in failures {
+        let (code, msg) = f
+            .error()
+            .map(|e| {
+                (
+                    e.error_code().unwrap_or(""),
+                    e.error_message().unwrap_or(""),
+                )
+            })
+            .unwrap_or(("", ""));
+        let why = format!("Lake Formation {op}: {code} {msg}")
+            .trim_end()
+            .to_string();
+        match f
+            .request_entry()
+            .and_then(|e| e.id().parse::<usize>().ok())
+            .filter(|i| *i < len)
+        {
+            Some(i) => {
+                out.insert(offset + i, why);
+            }
+            None => {
+                for i in 0..len {
+                    out.entry(offset + i).or_insert_with(|| why.clone());
+                }
+            }
+        }
     }
-    let text: Vec<String> = failures
-        .iter()
-        .map(|f| {
-            let entry = f.request_entry().map(|e| e.id()).unwrap_or("?");
-            let (code, msg) = f
-                .error()
-                .map(|e| {
-                    (
-                        e.error_code().unwrap_or(""),
-                        e.error_message().unwrap_or(""),
-                    )
-                })
-                .unwrap_or(("", ""));
-            format!("entry {entry}: {code} {msg}")
-        })
-        .collect();
-    Err(format!("Lake Formation {op}: {}", text.join("; ")))
+    out.into_iter().collect()
 }
 
 fn entries(grants: &[Grant]) -> Result<Vec<BatchPermissionsRequestEntry>, String> {
@@ -242,7 +492,7 @@ fn entries(grants: &[Grant]) -> Result<Vec<BatchPermissionsRequestEntry>, String
             BatchPermissionsRequestEntry::builder()
                 .id(i.to_string())
                 .principal(principal(&g.principal_arn))
-                .resource(table_resource(&g.database, g.table.as_deref())?)
+                .resource(sdk_resource(&g.resource)?)
                 .set_permissions(Some(
                     g.permissions.iter().map(|p| p.as_str().into()).collect(),
                 ))
@@ -257,83 +507,21 @@ impl LakeFormation for AwsLakeFormation {
     async fn list_permissions(
         &self,
         principal_arn: &str,
-        database: &str,
-        table: Option<&str>,
+        resource: &LfResource,
     ) -> Result<Vec<CurrentGrant>, String> {
-        let mut out = Vec::new();
-        let mut next: Option<String> = None;
-        loop {
-            let page = self
-                .client
-                .list_permissions()
-                .principal(principal(principal_arn))
-                .resource(table_resource(database, table)?)
-                .set_next_token(next.take())
-                .send()
-                .await
-                .map_err(|e| call_error("ListPermissions", &e))?;
-            for p in page.principal_resource_permissions() {
-                // Only plain table grants on exactly this pair: column-level
-                // grants and anything else are not Tessera's to manage.
-                let Some(t) = p.resource().and_then(|r| r.table()) else {
-                    continue;
-                };
-                let same_principal = p
-                    .principal()
-                    .and_then(|p| p.data_lake_principal_identifier())
-                    == Some(principal_arn);
-                let same_table = match table {
-                    Some(name) => t.name() == Some(name),
-                    None => t.table_wildcard().is_some(),
-                };
-                if !same_principal || t.database_name() != database || !same_table {
-                    continue;
-                }
-                out.push(Grant {
-                    principal_arn: principal_arn.to_string(),
-                    database: database.to_string(),
-                    table: table.map(String::from),
-                    permissions: p
-                        .permissions()
-                        .iter()
-                        .map(|p| p.as_str().to_string())
-                        .collect(),
-                });
-            }
-            match page.next_token() {
-                Some(token) if !token.is_empty() => next = Some(token.to_string()),
-                _ => break,
-            }
-        }
+        // Lake Formation answers grants on related resources too (the
+        // database, column-level grants): keep exactly this pair.
+        let mut out = self.list(Some(principal_arn), Some(resource)).await?;
+        out.retain(|g| g.principal_arn == principal_arn && g.resource == *resource);
         Ok(out)
     }
 
-    async fn batch_grant(&self, grants: &[Grant]) -> Result<(), String> {
-        for chunk in grants.chunks(BATCH_MAX) {
-            let out = self
-                .client
-                .batch_grant_permissions()
-                .set_entries(Some(entries(chunk)?))
-                .send()
-                .await
-                .map_err(|e| call_error("BatchGrantPermissions", &e))?;
-            failures("BatchGrantPermissions", out.failures())?;
-        }
-        Ok(())
+    async fn batch_grant(&self, grants: &[Grant]) -> Result<Failures, String> {
+        self.batch(false, grants).await
     }
 
-    async fn batch_revoke(&self, grants: &[Grant]) -> Result<(), String> {
-        for chunk in grants.chunks(BATCH_MAX) {
-            let out = self
-                .client
-                .batch_revoke_permissions()
-                .set_entries(Some(entries(chunk)?))
-                .send()
-                .await
-                .map_err(|e| call_error("BatchRevokePermissions", &e))?;
-            failures("BatchRevokePermissions", out.failures())?;
-        }
-        Ok(())
+    async fn batch_revoke(&self, grants: &[Grant]) -> Result<Failures, String> {
+        self.batch(true, grants).await
     }
 }
 
@@ -344,8 +532,7 @@ mod tests {
     fn g(principal: &str, table: Option<&str>, perms: &[&str]) -> Grant {
         Grant {
             principal_arn: principal.into(),
-            database: "sales".into(),
-            table: table.map(String::from),
+            resource: LfResource::table("sales", table),
             permissions: perms.iter().map(|p| p.to_string()).collect(),
         }
     }
@@ -373,11 +560,11 @@ mod tests {
         let current = [
             g("role/a", Some("orders"), &["SELECT", "INSERT"]),
             g("role/a", Some("orders"), &["ALTER"]),
-            // Not named in desired: left alone.
+            // Not named in desired nor in the ledger: left alone.
             g("role/a", Some("customers"), &["SELECT", "DROP"]),
             g("role/b", Some("orders"), &["SELECT"]),
         ];
-        let p = plan(&desired, &current);
+        let p = plan(&desired, &[], &current);
         assert_eq!(
             p.grant,
             [
@@ -389,21 +576,54 @@ mod tests {
             p.revoke,
             [g("role/a", Some("orders"), &["ALTER", "INSERT"])]
         );
+        assert!(p.forget.is_empty());
     }
 
     #[test]
     fn plan_is_empty_when_in_step() {
         let desired = [g("r", Some("t"), &["SELECT", "DESCRIBE"])];
         let current = [g("r", Some("t"), &["DESCRIBE", "SELECT"])];
-        assert!(plan(&desired, &current).is_empty());
+        assert!(plan(&desired, &desired, &current).is_empty());
+    }
+
+    #[test]
+    fn unmanaged_pairs_lose_only_what_the_ledger_says_tessera_granted() {
+        let ledger = [g("r", Some("t"), &["DESCRIBE", "SELECT"])];
+        // SELECT is Tessera's and still held; DROP is someone else's;
+        // DESCRIBE was revoked by someone else meanwhile.
+        let current = [g("r", Some("t"), &["DROP", "SELECT"])];
+        let p = plan(&[], &ledger, &current);
+        assert!(p.grant.is_empty());
+        assert_eq!(p.revoke, [g("r", Some("t"), &["SELECT"])]);
+        assert_eq!(p.forget, [g("r", Some("t"), &["DESCRIBE"])]);
+        // No ledger, nothing desired: not Tessera's.
+        assert!(plan(&[], &[], &current).is_empty());
+    }
+
+    #[test]
+    fn a_managed_pair_regrants_what_someone_revoked_and_forgets_what_it_no_longer_wants() {
+        let desired = [g("r", Some("t"), &["DESCRIBE", "SELECT"])];
+        let ledger = [g(
+            "r",
+            Some("t"),
+            &["DELETE", "DESCRIBE", "INSERT", "SELECT"],
+        )];
+        let current = [g("r", Some("t"), &["DESCRIBE", "INSERT"])];
+        let p = plan(&desired, &ledger, &current);
+        assert_eq!(p.grant, [g("r", Some("t"), &["SELECT"])]);
+        assert_eq!(p.revoke, [g("r", Some("t"), &["INSERT"])]);
+        assert_eq!(p.forget, [g("r", Some("t"), &["DELETE"])]);
     }
 
     #[test]
     fn empty_desired_permissions_revoke_everything_on_that_pair() {
-        let p = plan(&[g("r", Some("t"), &[])], &[g("r", Some("t"), &["SELECT"])]);
+        let p = plan(
+            &[g("r", Some("t"), &[])],
+            &[],
+            &[g("r", Some("t"), &["SELECT"])],
+        );
         assert!(p.grant.is_empty());
         assert_eq!(p.revoke, [g("r", Some("t"), &["SELECT"])]);
-        assert!(plan(&[], &[g("r", Some("t"), &["SELECT"])]).is_empty());
     }
 
     #[test]
@@ -414,7 +634,41 @@ mod tests {
                 g("r", Some("t"), &["INSERT", "SELECT"]),
             ],
             &[],
+            &[],
         );
         assert_eq!(p.grant, [g("r", Some("t"), &["INSERT", "SELECT"])]);
+    }
+
+    #[test]
+    fn tag_policies_compare_by_meaning_and_round_trip_through_the_ledger_key() {
+        let tag = |k: &str, v: &[&str]| LfTag {
+            key: k.into(),
+            values: v.iter().map(|s| s.to_string()).collect(),
+        };
+        let a = LfResource::tag_policy(vec![tag("team", &["b", "a"]), tag("domain", &["sales"])]);
+        let b = LfResource::tag_policy(vec![
+            tag("domain", &["sales"]),
+            tag("team", &["a", "b", "a"]),
+        ]);
+        assert_eq!(a, b);
+        assert_eq!(a.ledger_key(), b.ledger_key());
+        assert_eq!(
+            LfResource::from_ledger_key(&a.ledger_key()),
+            Some(a.clone())
+        );
+        assert_eq!(a.to_string(), "tables tagged domain=sales and team=a|b");
+        let t = LfResource::table("sales", None);
+        assert_eq!(
+            LfResource::from_ledger_key(&t.ledger_key()),
+            Some(t.clone())
+        );
+        assert_eq!(t.to_string(), "sales.*");
+    }
+
+    #[test]
+    fn an_unknown_failure_entry_fails_the_whole_chunk() {
+        let f = BatchPermissionsFailureEntry::builder().build();
+        let out = entry_failures("BatchGrantPermissions", &[f], 2, 20);
+        assert_eq!(out.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [20, 21]);
     }
 }

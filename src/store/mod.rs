@@ -287,8 +287,61 @@ pub trait AuditStore: Send + Sync {
     async fn audit_head(&self) -> anyhow::Result<i64>;
 }
 
+/// One Lake Formation permission Tessera granted: a row of the ledger that
+/// tells Tessera's own grants from everyone else's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LfLedgerEntry {
+    pub principal_arn: String,
+    /// The resource as the sync names it (canonical JSON).
+    pub resource: String,
+    /// One Lake Formation permission (`SELECT`, …).
+    pub permission: String,
+    /// The dataset it was granted for, kept after the dataset is gone.
+    pub dataset_id: Option<String>,
+    pub granted_at: i64,
+}
+
+/// The ledger of Lake Formation grants Tessera made.
 #[async_trait]
-pub trait Store: ClientStore + DataStore + ReplayStore + RevocationStore + AuditStore {
+pub trait LakeFormationStore: Send + Sync {
+    /// Records permissions Lake Formation accepted; an entry already there
+    /// keeps its `granted_at` and takes the new `dataset_id`.
+    async fn record_lf_grants(&self, entries: &[LfLedgerEntry]) -> anyhow::Result<()>;
+    /// Forgets the entries with these (principal, resource, permission);
+    /// absent ones are ignored.
+    async fn remove_lf_grants(&self, entries: &[LfLedgerEntry]) -> anyhow::Result<()>;
+    /// Every entry, sorted by principal, resource, permission.
+    async fn lf_grants(&self) -> anyhow::Result<Vec<LfLedgerEntry>>;
+}
+
+/// Leases on a job that one replica at a time should run.
+#[async_trait]
+pub trait LeaseStore: Send + Sync {
+    /// Takes lease `name` for `holder` until `now + ttl_secs`, or renews it
+    /// when `holder` has it already, in one atomic statement. False while
+    /// another holder's lease has not expired (`expires_at > now`).
+    async fn take_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: i64,
+        ttl_secs: i64,
+    ) -> anyhow::Result<bool>;
+    /// Gives the lease up so another holder need not wait for its expiry;
+    /// false when `holder` did not hold it.
+    async fn release_lease(&self, name: &str, holder: &str) -> anyhow::Result<bool>;
+}
+
+#[async_trait]
+pub trait Store:
+    ClientStore
+    + DataStore
+    + ReplayStore
+    + RevocationStore
+    + AuditStore
+    + LakeFormationStore
+    + LeaseStore
+{
     async fn ping(&self) -> anyhow::Result<()>;
     /// Deletes expired assertion ids and revocations of expired tokens.
     async fn purge_expired(&self, now: i64) -> anyhow::Result<()>;

@@ -675,6 +675,91 @@ macro_rules! sql_store {
         }
 
         #[async_trait]
+        impl LakeFormationStore for $store {
+            async fn record_lf_grants(&self, entries: &[LfLedgerEntry]) -> anyhow::Result<()> {
+                let mut tx = self.pool.begin().await?;
+                for e in entries {
+                    sqlx::query(
+                        "INSERT INTO lakeformation_grants (principal_arn, resource, permission, dataset_id, granted_at) \
+                         VALUES ($1, $2, $3, $4, $5) \
+                         ON CONFLICT (principal_arn, resource, permission) DO UPDATE SET dataset_id = EXCLUDED.dataset_id",
+                    )
+                    .bind(&e.principal_arn)
+                    .bind(&e.resource)
+                    .bind(&e.permission)
+                    .bind(&e.dataset_id)
+                    .bind(e.granted_at)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn remove_lf_grants(&self, entries: &[LfLedgerEntry]) -> anyhow::Result<()> {
+                let mut tx = self.pool.begin().await?;
+                for e in entries {
+                    sqlx::query("DELETE FROM lakeformation_grants WHERE principal_arn = $1 AND resource = $2 AND permission = $3")
+                        .bind(&e.principal_arn)
+                        .bind(&e.resource)
+                        .bind(&e.permission)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn lf_grants(&self) -> anyhow::Result<Vec<LfLedgerEntry>> {
+                let rows = sqlx::query("SELECT * FROM lakeformation_grants ORDER BY principal_arn, resource, permission")
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(LfLedgerEntry {
+                            principal_arn: r.try_get("principal_arn")?,
+                            resource: r.try_get("resource")?,
+                            permission: r.try_get("permission")?,
+                            dataset_id: r.try_get("dataset_id")?,
+                            granted_at: r.try_get("granted_at")?,
+                        })
+                    })
+                    .collect()
+            }
+        }
+
+        #[async_trait]
+        impl LeaseStore for $store {
+            async fn take_lease(&self, name: &str, holder: &str, now: i64, ttl_secs: i64) -> anyhow::Result<bool> {
+                // One statement: insert when there is no row; otherwise take
+                // it over only when it is ours or has expired. The row lock
+                // (Postgres) or the write lock (SQLite) makes two replicas
+                // racing here see one winner.
+                let done = sqlx::query(
+                    "INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT (name) DO UPDATE SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at \
+                     WHERE leases.holder = EXCLUDED.holder OR leases.expires_at <= $4",
+                )
+                .bind(name)
+                .bind(holder)
+                .bind(now.saturating_add(ttl_secs))
+                .bind(now)
+                .execute(&self.pool)
+                .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn release_lease(&self, name: &str, holder: &str) -> anyhow::Result<bool> {
+                let done = sqlx::query("DELETE FROM leases WHERE name = $1 AND holder = $2")
+                    .bind(name)
+                    .bind(holder)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected() == 1)
+            }
+        }
+
+        #[async_trait]
         impl Store for $store {
             async fn ping(&self) -> anyhow::Result<()> {
                 sqlx::query("SELECT 1").execute(&self.pool).await?;

@@ -1,16 +1,17 @@
 //! `tessera lakeformation sync` against the emulator: the dry run prints
 //! the plan and changes nothing, the sync grants what a dataset's role
 //! lacks, revokes what it holds beyond the dataset, leaves grants on other
-//! tables alone, and audits each change.
+//! tables alone, audits each change, revokes its own grants once the
+//! dataset is deleted, and exits non-zero when Lake Formation fails.
 
-use tessera::aws::lakeformation::{AwsLakeFormation, Grant, LakeFormation};
+use tessera::aws::lakeformation::{AwsLakeFormation, Grant, LakeFormation, LfResource};
 
 use crate::harness::BinEnv;
 use crate::moto::Moto;
 
 async fn holds(lf: &AwsLakeFormation, role: &str, table: &str) -> Vec<String> {
     let mut perms: Vec<String> = lf
-        .list_permissions(role, "sales", Some(table))
+        .list_permissions(role, &LfResource::table("sales", Some(table)))
         .await
         .unwrap()
         .into_iter()
@@ -30,13 +31,14 @@ async fn sync_grants_missing_revokes_extra_and_leaves_foreign_grants_alone() {
     // revoked) and SELECT on another table (to be left alone).
     let grant = |table: &str, perms: &[&str]| Grant {
         principal_arn: role.clone(),
-        database: "sales".into(),
-        table: Some(table.into()),
+        resource: LfResource::table("sales", Some(table)),
         permissions: perms.iter().map(|s| s.to_string()).collect(),
     };
-    lf.batch_grant(&[grant("orders", &["ALTER"]), grant("refunds", &["SELECT"])])
+    let failed = lf
+        .batch_grant(&[grant("orders", &["ALTER"]), grant("refunds", &["SELECT"])])
         .await
         .unwrap();
+    assert!(failed.is_empty(), "{failed:?}");
 
     let dir = tempfile::tempdir().unwrap();
     // The binary takes AWS credentials from the SDK's default chain: here,
@@ -65,25 +67,6 @@ async fn sync_grants_missing_revokes_extra_and_leaves_foreign_grants_alone() {
         "read",
     ])
     .await;
-    env.run_json(&[
-        "dataset",
-        "create",
-        "sales.tagged",
-        "--tenant",
-        "acme",
-        "--role-arn",
-        &role,
-        "--glue-database",
-        "sales",
-        "--lf-tags",
-        r#"[{"key":"domain","values":["sales"]}]"#,
-        "--s3-prefix",
-        "s3://lake/sales/tagged/",
-        "--permission",
-        "read",
-    ])
-    .await;
-
     let plan = env.run_json(&["lakeformation", "sync", "--dry-run"]).await;
     assert_eq!(plan["dry_run"], true);
     assert_eq!(plan["grant"][0]["table"], "orders");
@@ -95,7 +78,8 @@ async fn sync_grants_missing_revokes_extra_and_leaves_foreign_grants_alone() {
         plan["revoke"][0]["permissions"],
         serde_json::json!(["ALTER"])
     );
-    assert_eq!(plan["skipped"], serde_json::json!(["sales.tagged"]));
+    assert_eq!(plan["grant"][0]["dataset"], "sales.orders");
+    assert_eq!(plan["skipped"], serde_json::json!([]));
     assert_eq!(
         holds(&lf, &role, "orders").await,
         vec!["ALTER"],
@@ -133,4 +117,22 @@ async fn sync_grants_missing_revokes_extra_and_leaves_foreign_grants_alone() {
         .as_str()
         .unwrap()
         .starts_with("lakeformation revoke ALTER")));
+
+    // Lake Formation unreachable: non-zero exit, saying why.
+    let down = env
+        .clone()
+        .set("TESSERA_AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+        .run(&["lakeformation", "sync"])
+        .await;
+    assert_ne!(down.code, Some(0), "{down:?}");
+    assert!(down.stderr.contains("ListPermissions"), "{}", down.stderr);
+    // Deleted: the grants Tessera made for it go, the foreign one stays.
+    env.run_json(&["dataset", "delete", "sales.orders"]).await;
+    let gone = env.run_json(&["lakeformation", "sync"]).await;
+    assert_eq!(
+        gone["revoke"][0]["permissions"],
+        serde_json::json!(["DESCRIBE", "SELECT"])
+    );
+    assert!(holds(&lf, &role, "orders").await.is_empty());
+    assert_eq!(holds(&lf, &role, "refunds").await, vec!["SELECT"]);
 }

@@ -16,6 +16,7 @@ mod ext_authz_grpc;
 mod ext_authz_http;
 mod introspect_revoke;
 mod keys;
+mod lakeformation;
 mod lakeformation_cli;
 mod nginx;
 mod openapi;
