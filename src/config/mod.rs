@@ -889,6 +889,10 @@ mod tests {
                 "trusted_issuers[0].tenants",
             ),
             (
+                format!("{cluster}tenants = [\"acme\"]\n"),
+                "trusted_issuers[0].tenants",
+            ),
+            (
                 human(
                     "a",
                     "https://a",

@@ -264,6 +264,14 @@ pub(super) fn parse(
                 "default_scopes and group_scopes apply to people (kind = \"human\") only",
             ));
         }
+        // A workload's tenant is its bound client's; service-account tokens
+        // carry none for an allow-list to check.
+        if raw.kind == TrustedKind::Workload && !raw.tenants.is_empty() {
+            return Err(err(
+                &key("tenants"),
+                "applies to people (kind = \"human\") only: a workload's tenant is its bound client's",
+            ));
+        }
         if raw.tenants.iter().any(|t| t.is_empty()) {
             return Err(err(&key("tenants"), "must not hold an empty tenant"));
         }

@@ -1320,3 +1320,51 @@ async fn a_session_policy_aws_would_refuse_as_too_large_is_refused_before_sts() 
     assert!(rec.reason.contains("2048"), "{}", rec.reason);
     assert!(moto.recorded_action("AssumeRole").await.is_empty());
 }
+
+#[tokio::test]
+async fn the_same_sub_from_two_idps_is_two_people_for_grants_and_credentials() {
+    use crate::idp::TestIdp;
+    let moto = Moto::start().await;
+    aws_env();
+    let corp = TestIdp::start().await;
+    let partner = TestIdp::start().await;
+    let t = TestApp::builder()
+        .config(&format!(
+            "[aws]\nendpoint_url = {:?}\nregion = \"us-east-1\"\n",
+            moto.url
+        ))
+        .config(&corp.config("corp", "human", "subject_prefix = \"corp:\""))
+        .config(&partner.config("partner", "human", "subject_prefix = \"partner:\""))
+        .start()
+        .await;
+    let role = moto.create_role("sales-reader").await;
+    dataset(&t, sales_orders(DS, &role, &["analytics"])).await;
+    user_grant(&t, DS, "corp:alice", Permission::Read, &["analytics"], None).await;
+    let (id, secret) = product(&t, &[DS], &[Permission::Read]).await;
+    let send = |token: String| {
+        let (t, id, secret) = (&t, id.clone(), secret.clone());
+        async move {
+            // The first use of an IdP fetches its keys; wait for them.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                let r = credentials(t, (&id, &secret), &token, &[]).await;
+                if r.status != 503 || Instant::now() > deadline {
+                    return r;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let ours = send(corp.access_token("alice", "", serde_json::json!({}))).await;
+    assert_eq!(ours.status, 200, "{}", ours.text);
+    // The partner's "alice" is someone else: no grant, and the reuse cache
+    // (on by default) never hands her corp:alice's credentials.
+    let theirs = send(partner.access_token("alice", "", serde_json::json!({}))).await;
+    assert_refused(&theirs, 400, "invalid_target", Some("no_grant"));
+    let sent = moto.recorded_action("AssumeRole").await;
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(
+        tags(&sent[0]).get("tessera-user").map(String::as_str),
+        Some("corp:alice")
+    );
+}
