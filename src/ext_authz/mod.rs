@@ -14,7 +14,9 @@ use serde_json::json;
 use crate::app::App;
 use crate::audit::{AuditRecord, Decision, Event, RequestMeta};
 use crate::data::{authorize, Actor, DataDenial, DataRequest};
-use crate::issuer::{TokenError, VerifiedToken};
+use std::sync::Arc;
+
+use crate::issuer::{Principal, TokenError, VerifiedToken};
 use crate::oauth::describe_token;
 use crate::policy::Rule;
 use crate::policy::{canonical_path, decide, AuditLevel, Denial};
@@ -169,6 +171,47 @@ fn quote_safe(text: &str) -> String {
         .collect()
 }
 
+/// A workload's token taken directly at a route stands for the client its
+/// identity is bound to, if any (and not disabled): `client_id` — for a
+/// rule's `clients` and `x-tessera-client-id` — is that client's, and so is
+/// the tenant when the token names none, as at the token endpoint. An
+/// unbound workload is what its token says.
+async fn as_bound_workload(
+    app: &App,
+    verified: Arc<VerifiedToken>,
+) -> Result<Arc<VerifiedToken>, Refusal> {
+    if verified.claims.principal != Principal::Workload || verified.upstream.is_none() {
+        return Ok(verified);
+    }
+    let unavailable = |e: anyhow::Error| {
+        tracing::error!(error = %e, "workload binding lookup failed");
+        Refusal::Unavailable("client_registry_unavailable")
+    };
+    let c = &verified.claims;
+    let Some(bound) = app
+        .clients
+        .workload_client(&c.iss, &c.sub)
+        .await
+        .map_err(unavailable)?
+    else {
+        return Ok(verified);
+    };
+    let entry = app
+        .clients
+        .get(&bound, app.clock.now())
+        .await
+        .map_err(unavailable)?;
+    let Some(entry) = entry.filter(|e| !e.client.disabled) else {
+        return Ok(verified);
+    };
+    let mut as_client = (*verified).clone();
+    as_client.claims.client_id = bound;
+    if as_client.claims.tenant.is_empty() {
+        as_client.claims.tenant = entry.client.tenant.clone();
+    }
+    Ok(Arc::new(as_client))
+}
+
 /// Why a request does not pass: refused on its merits, or because a
 /// dependency of the decision is unavailable (503, retryable). Both are
 /// audited; the `&'static str` is the audit reason.
@@ -210,29 +253,40 @@ pub async fn check(app: &App, req: CheckRequest<'_>) -> CheckResponse {
                     Err(Refusal::Unavailable("issuer_keys_unavailable"))
                 }
                 Err(e) => Err(Denial::InvalidCredential(e).into()),
-                Ok(verified) => {
-                    let verified = token.insert(verified);
-                    match decide(rule, verified).and_then(|()| issuer_audience(app, verified)) {
-                        Ok(()) if rule.data => {
-                            if let Some(d) = rule.dataset_of(canonical) {
-                                data_asked = Some((d.to_string(), rule.permission_for(&method)));
-                            }
-                            match check_data(app, rule, &method, canonical, req.purpose, verified)
+                Ok(verified) => match as_bound_workload(app, verified).await {
+                    Err(refusal) => Err(refusal),
+                    Ok(verified) => {
+                        let verified = token.insert(verified);
+                        match decide(rule, verified).and_then(|()| issuer_audience(app, verified)) {
+                            Ok(()) if rule.data => {
+                                if let Some(d) = rule.dataset_of(canonical) {
+                                    data_asked =
+                                        Some((d.to_string(), rule.permission_for(&method)));
+                                }
+                                match check_data(
+                                    app,
+                                    rule,
+                                    &method,
+                                    canonical,
+                                    req.purpose,
+                                    verified,
+                                )
                                 .await
-                            {
-                                Ok(grant) => {
-                                    data = Some(grant);
-                                    Ok(verified.clone())
-                                }
-                                Err(Ok(denial)) => Err(denial.into()),
-                                Err(Err(())) => {
-                                    Err(Refusal::Unavailable("data_registry_unavailable"))
+                                {
+                                    Ok(grant) => {
+                                        data = Some(grant);
+                                        Ok(verified.clone())
+                                    }
+                                    Err(Ok(denial)) => Err(denial.into()),
+                                    Err(Err(())) => {
+                                        Err(Refusal::Unavailable("data_registry_unavailable"))
+                                    }
                                 }
                             }
+                            other => other.map(|()| verified.clone()).map_err(Refusal::from),
                         }
-                        other => other.map(|()| verified.clone()).map_err(Refusal::from),
                     }
-                }
+                },
             },
         },
     };

@@ -130,7 +130,7 @@ pub enum TokenIssuer {
 }
 
 /// A token whose signature, issuer, type and lifetime have been checked.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct VerifiedToken {
     pub issuer: TokenIssuer,
     pub kid: String,

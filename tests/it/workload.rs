@@ -1148,3 +1148,42 @@ async fn while_the_cluster_s_keys_cannot_be_fetched_workloads_get_503_and_each_r
     );
     assert!(rec.reason.starts_with("issuer_keys_unavailable"), "{rec:?}");
 }
+
+#[tokio::test]
+async fn at_a_route_a_bound_workload_is_its_client_for_the_rule_s_clients_and_the_headers() {
+    let idp = TestIdp::start().await;
+    // No default tenant: a bound workload takes its client's.
+    let t = TestApp::builder()
+        .config(&idp.config("cluster", "workload", ""))
+        .policy(INTERNAL_WI_POLICY)
+        .start()
+        .await;
+    let client = bound_client(&t, SA_SUBJECT).await;
+    let only_billing = format!(
+        "[[rule]]\nname = \"billing-only\"\npath = \"/internal/*\"\naccept = [\"workload\"]\n\
+         audience = \"tessera\"\ntrusted_issuers = [\"cluster\"]\nclients = [{:?}]\n",
+        client.client_id
+    );
+    // The client id is only known now: rewrite the (hot-reloaded) policy.
+    let before = t.app().policy.current().version.clone();
+    std::fs::write(t.policy_path(), &only_billing).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while t.app().policy.current().version == before {
+        assert!(std::time::Instant::now() < deadline, "policy not reloaded");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let sa = idp.service_account_token(NS, SA_NAME, "tessera");
+    let r = t.authz("GET", "/internal/orders", Some(&sa)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        r.header("x-tessera-client-id"),
+        Some(client.client_id.as_str())
+    );
+    assert_eq!(r.header("x-tessera-tenant"), Some("acme"));
+    assert_eq!(r.header("x-tessera-subject"), Some(SA_SUBJECT));
+    // Another service account of the cluster, bound to nothing, is not it.
+    let other = idp.service_account_token(NS, "other", "tessera");
+    let r = t.authz("GET", "/internal/orders", Some(&other)).await;
+    assert_eq!(r.status, 403, "{}", r.text);
+    assert_eq!(r.body["reason"], "client_not_allowed", "{}", r.text);
+}
