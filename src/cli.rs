@@ -372,6 +372,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             let store = connect(&config).await?;
             let audit = crate::audit::AuditLog::spawn(store.clone(), config.audit.batch_max);
             let lf = crate::aws::lakeformation::AwsLakeFormation::new(&config.aws).await;
+            use crate::data::sync::{Held, LEASE};
+            // A sync that changes anything holds the same lease as the
+            // servers' background loop, so the two never apply at once.
+            let holder = format!("cli-{}", uuid::Uuid::new_v4());
+            let held = Held {
+                store: store.as_ref(),
+                holder: &holder,
+                ttl_secs: 300,
+                clock: clock.as_ref(),
+            };
+            if !dry_run && !store.take_lease(LEASE, &holder, clock.now(), 300).await? {
+                eprintln!(
+                    "tessera: another Lake Formation sync holds the lease (a server's background loop?); try again later"
+                );
+                return Ok(1);
+            }
             let datasets = store.list_datasets().await?;
             let report = crate::data::sync::run(
                 &datasets,
@@ -380,8 +396,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 &audit,
                 dry_run,
                 clock.now_millis(),
+                (!dry_run).then_some(&held),
             )
-            .await?;
+            .await;
+            if !dry_run {
+                store.release_lease(LEASE, &holder).await?;
+            }
+            let report = report?;
             let failed = report.error.clone();
             print(serde_json::to_value(report)?);
             match failed {

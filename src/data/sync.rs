@@ -12,12 +12,14 @@
 //! and are left alone.
 //!
 //! Changes are applied one batch at a time (grants first, so a permission
-//! that stays is never briefly gone). After each batch, the ledger takes
-//! what Lake Formation accepted (a grant is recorded only once accepted, an
-//! entry removed only once its revoke was) and every change of the batch
-//! is audited: allowed when applied, denied with the reason when it
-//! failed. The first failure stops the sync, so what was done before it is
-//! on record and nothing after it is tried.
+//! that stays is never briefly gone). A grant enters the ledger just before
+//! it is asked for and leaves it again if Lake Formation refused it; an
+//! entry is removed only once its revoke was accepted. Every change of the
+//! batch is then audited: allowed when applied, denied with the reason when
+//! it failed. Dropping ledger entries someone else already revoked
+//! (`forget`) makes no AWS call and is in the report, not the audit log.
+//! The first failure stops the sync, so what was done before it is on
+//! record and nothing after it is tried.
 
 use std::collections::BTreeMap;
 
@@ -28,10 +30,28 @@ use crate::aws::lakeformation::{
     self, lf_permissions, DesiredGrant, Grant, LakeFormation, LfResource, LfTag, Pair, BATCH_MAX,
 };
 use crate::clock::Clock;
-use crate::store::{Dataset, LakeFormationStore, LfLedgerEntry, Store};
+use crate::store::{Dataset, LakeFormationStore, LeaseStore, LfLedgerEntry, Store};
 
 /// The lease that elects the one replica running the background sync.
 pub const LEASE: &str = "lakeformation_sync";
+
+/// The [`LEASE`] a sync holds while it applies changes. [`run`] renews it
+/// before each batch, so a sync that outlived its lease (slow AWS, a long
+/// plan) stops rather than apply changes beside the replica that took over.
+pub struct Held<'a> {
+    pub store: &'a dyn LeaseStore,
+    pub holder: &'a str,
+    pub ttl_secs: i64,
+    pub clock: &'a dyn Clock,
+}
+
+impl Held<'_> {
+    async fn renew(&self) -> anyhow::Result<bool> {
+        self.store
+            .take_lease(LEASE, self.holder, self.clock.now(), self.ttl_secs)
+            .await
+    }
+}
 
 /// What a sync did (or, on a dry run, would do).
 #[derive(Debug, Serialize)]
@@ -133,6 +153,7 @@ pub async fn run(
     audit: &AuditLog,
     dry_run: bool,
     now_ms: i64,
+    lease: Option<&Held<'_>>,
 ) -> anyhow::Result<SyncReport> {
     let mut want = Vec::new();
     let mut skipped = Vec::new();
@@ -184,26 +205,62 @@ pub async fn run(
     }
     for (what, list) in [("grant", &plan.grant), ("revoke", &plan.revoke)] {
         for chunk in list.chunks(BATCH_MAX) {
+            if let Some(held) = lease {
+                if !held.renew().await? {
+                    report.error =
+                        Some("the sync lease passed to another holder: stopped before it".into());
+                    return Ok(report);
+                }
+            }
+            // A grant is written to the ledger *before* it is asked for: a
+            // call that times out after Lake Formation applied it, or a
+            // ledger write failing after it, would otherwise leave a grant
+            // of Tessera's that the ledger does not know, never revoked.
+            // A row for a grant that did not happen is harmless: the next
+            // sync finds it not held and forgets it.
+            if what == "grant" {
+                let all: Vec<&Grant> = chunk.iter().collect();
+                ledger
+                    .record_lf_grants(&ledger_entries(&all, &owner, now))
+                    .await?;
+            }
             let result = if what == "grant" {
                 lf.batch_grant(chunk).await
             } else {
                 lf.batch_revoke(chunk).await
             };
+            // Whether Lake Formation answered at all: if not, whether the
+            // grants happened is unknown and their ledger rows stay.
+            let answered = result.is_ok();
             let failed: BTreeMap<usize, String> = match result {
                 Ok(f) => f.into_iter().collect(),
                 Err(e) => (0..chunk.len()).map(|i| (i, e.clone())).collect(),
             };
-            let done: Vec<&Grant> = chunk
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| !failed.contains_key(i))
-                .map(|(_, g)| g)
-                .collect();
-            let entries = ledger_entries(&done, &owner, now);
             let recorded = if what == "grant" {
-                ledger.record_lf_grants(&entries).await
+                // Entries Lake Formation refused one by one did not happen.
+                let refused: Vec<&Grant> = chunk
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| failed.contains_key(i))
+                    .map(|(_, g)| g)
+                    .collect();
+                if answered {
+                    ledger
+                        .remove_lf_grants(&ledger_entries(&refused, &owner, now))
+                        .await
+                } else {
+                    Ok(())
+                }
             } else {
-                ledger.remove_lf_grants(&entries).await
+                let done: Vec<&Grant> = chunk
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| !failed.contains_key(i))
+                    .map(|(_, g)| g)
+                    .collect();
+                ledger
+                    .remove_lf_grants(&ledger_entries(&done, &owner, now))
+                    .await
             };
             for (i, g) in chunk.iter().enumerate() {
                 let change = format!(
@@ -256,7 +313,21 @@ pub async fn cycle(
         return Ok(None);
     }
     let datasets = store.list_datasets().await?;
-    run(&datasets, store, lf, audit, false, clock.now_millis())
-        .await
-        .map(Some)
+    let held = Held {
+        store,
+        holder,
+        ttl_secs,
+        clock,
+    };
+    run(
+        &datasets,
+        store,
+        lf,
+        audit,
+        false,
+        clock.now_millis(),
+        Some(&held),
+    )
+    .await
+    .map(Some)
 }

@@ -66,6 +66,7 @@ impl Env {
             &self.audit,
             dry_run,
             NOW_MS,
+            None,
         )
         .await
         .unwrap()
@@ -343,6 +344,8 @@ struct Failing {
     inner: AwsLakeFormation,
     refuse: String,
     revoke_call_fails: bool,
+    /// Grants reach Lake Formation, but the answer is lost (a timeout).
+    grant_answer_lost: bool,
 }
 
 impl Failing {
@@ -366,6 +369,9 @@ impl Failing {
             self.inner.batch_grant(&forward).await?
         };
         assert!(failed.is_empty(), "{failed:?}");
+        if !revoke && self.grant_answer_lost {
+            return Err("Lake Formation BatchGrantPermissions: timed out".into());
+        }
         Ok(refused
             .into_iter()
             .map(|(i, _)| (i, "Lake Formation BatchGrantPermissions: AccessDeniedException: Insufficient Lake Formation permission(s)".to_string()))
@@ -421,6 +427,7 @@ async fn lakeformation_sync_failing_half_way_leaves_audit_records_of_both_halves
         inner: lf.clone(),
         refuse: refused.clone(),
         revoke_call_fails: false,
+        grant_answer_lost: false,
     };
     let report = env.sync(&failing, false).await;
     let error = report.error.as_deref().unwrap();
@@ -464,6 +471,7 @@ async fn lakeformation_sync_failing_half_way_leaves_audit_records_of_both_halves
         inner: lf.clone(),
         refuse: String::new(),
         revoke_call_fails: true,
+        grant_answer_lost: false,
     };
     env.store.delete_dataset("sales.orders").await.unwrap();
     let report = env.sync(&failing, false).await;
@@ -491,6 +499,47 @@ async fn lakeformation_sync_failing_half_way_leaves_audit_records_of_both_halves
     let report = env.sync(&lf, false).await;
     assert!(report.error.is_none());
     assert_eq!(holds(&lf, &good, "orders").await, ["ALTER"]);
+    assert!(env.ledger().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_grant_whose_answer_was_lost_is_still_tessera_s_and_revoked_with_its_dataset() {
+    let moto = Moto::start().await;
+    let role = moto.create_role("reader").await;
+    let lf = AwsLakeFormation::from_sdk_config(&moto.sdk_config().await);
+    let env = Env::new().await;
+    env.store
+        .create_dataset(&dataset(
+            "sales.orders",
+            &role,
+            Some("orders"),
+            &[Permission::Read],
+        ))
+        .await
+        .unwrap();
+    let lost = Failing {
+        inner: lf.clone(),
+        refuse: String::new(),
+        revoke_call_fails: false,
+        grant_answer_lost: true,
+    };
+    let report = env.sync(&lost, false).await;
+    assert!(report.error.unwrap().contains("timed out"));
+    // Applied though unconfirmed, and in the ledger since before the call.
+    assert_eq!(holds(&lf, &role, "orders").await, ["DESCRIBE", "SELECT"]);
+    assert_eq!(
+        env.ledger().await,
+        ["reader sales.orders DESCRIBE", "reader sales.orders SELECT"]
+    );
+    // A sync that sees it held plans nothing and keeps the ledger...
+    let report = env.sync(&lf, false).await;
+    assert!(changes(&report).is_empty(), "{:?}", changes(&report));
+    assert_eq!(env.ledger().await.len(), 2);
+    // ...so once the dataset goes, the grant goes with it.
+    env.store.delete_dataset("sales.orders").await.unwrap();
+    let report = env.sync(&lf, false).await;
+    assert!(report.error.is_none(), "{report:?}");
+    assert!(holds(&lf, &role, "orders").await.is_empty());
     assert!(env.ledger().await.is_empty());
 }
 
