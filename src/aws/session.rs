@@ -244,17 +244,19 @@ pub fn role_arn_parts(role_arn: &str) -> Option<(&str, &str)> {
     .then_some((partition, account))
 }
 
-/// Glue database and table names: letters, digits, `_` and `-`. Anything
-/// else is refused rather than escaped: `*` or `?` would widen the policy
-/// (IAM wildcards), `/` would name another resource.
+/// Glue database and table names: lowercase letters, digits, `_` and `-`.
+/// Anything else is refused rather than escaped: `*` or `?` would widen the
+/// policy (IAM wildcards), `/` would name another resource, and Glue keeps
+/// names in lowercase, so an uppercase one would match neither its ARNs nor
+/// Lake Formation's listing.
 fn glue_name(what: &str, name: &str) -> Result<(), String> {
     if name.is_empty()
         || name.len() > 255
         || !name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
     {
-        return Err(format!("{what} {name:?} must be 1-255 of A-Z a-z 0-9 _ -"));
+        return Err(format!("{what} {name:?} must be 1-255 of a-z 0-9 _ -"));
     }
     Ok(())
 }

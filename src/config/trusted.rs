@@ -77,7 +77,8 @@ pub struct TrustedIssuerConfig {
     pub audiences: Vec<String>,
     pub claims: ClaimMapping,
     /// Tenant for tokens without the tenant claim; without it a person's
-    /// token is refused, and a workload's has no tenant of its own.
+    /// token is refused. A workload's tenant is its bound client's wherever
+    /// it is bound; an unbound workload at a route has this one, or none.
     pub default_tenant: Option<String>,
     /// Put in front of every subject and group, to keep several issuers'
     /// people and groups apart; required (and distinct) when more than one

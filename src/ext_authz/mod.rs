@@ -172,16 +172,16 @@ fn quote_safe(text: &str) -> String {
 }
 
 /// A workload's token taken directly at a route stands for the client its
-/// identity is bound to, if any (and not disabled): `client_id` — for a
-/// rule's `clients` and `x-tessera-client-id` — is that client's, and so is
-/// the tenant when the token names none, as at the token endpoint. An
-/// unbound workload is what its token says.
+/// identity is bound to, if any: `client_id` — for a rule's `clients` and
+/// `x-tessera-client-id` — and the tenant are that client's, as at the
+/// token endpoint. A workload bound to a disabled client is refused, as it
+/// is there. An unbound workload is what its token says.
 async fn as_bound_workload(
     app: &App,
-    verified: Arc<VerifiedToken>,
+    verified: &Arc<VerifiedToken>,
 ) -> Result<Arc<VerifiedToken>, Refusal> {
     if verified.claims.principal != Principal::Workload || verified.upstream.is_none() {
-        return Ok(verified);
+        return Ok(verified.clone());
     }
     let unavailable = |e: anyhow::Error| {
         tracing::error!(error = %e, "workload binding lookup failed");
@@ -194,7 +194,7 @@ async fn as_bound_workload(
         .await
         .map_err(unavailable)?
     else {
-        return Ok(verified);
+        return Ok(verified.clone());
     };
     let entry = app
         .clients
@@ -202,13 +202,11 @@ async fn as_bound_workload(
         .await
         .map_err(unavailable)?;
     let Some(entry) = entry.filter(|e| !e.client.disabled) else {
-        return Ok(verified);
+        return Err(Refusal::Deny(Denial::ClientNotAllowed));
     };
-    let mut as_client = (*verified).clone();
+    let mut as_client = (**verified).clone();
     as_client.claims.client_id = bound;
-    if as_client.claims.tenant.is_empty() {
-        as_client.claims.tenant = entry.client.tenant.clone();
-    }
+    as_client.claims.tenant = entry.client.tenant.clone();
     Ok(Arc::new(as_client))
 }
 
@@ -253,8 +251,12 @@ pub async fn check(app: &App, req: CheckRequest<'_>) -> CheckResponse {
                     Err(Refusal::Unavailable("issuer_keys_unavailable"))
                 }
                 Err(e) => Err(Denial::InvalidCredential(e).into()),
-                Ok(verified) => match as_bound_workload(app, verified).await {
-                    Err(refusal) => Err(refusal),
+                Ok(verified) => match as_bound_workload(app, &verified).await {
+                    Err(refusal) => {
+                        // Kept for the audit record.
+                        token = Some(verified);
+                        Err(refusal)
+                    }
                     Ok(verified) => {
                         let verified = token.insert(verified);
                         match decide(rule, verified).and_then(|()| issuer_audience(app, verified)) {

@@ -1329,6 +1329,11 @@ async fn the_registry_refuses_what_could_never_be_served() {
             Box::new(|d| d.glue_database = "sales/x".into()),
             "Glue database",
         ),
+        // Glue keeps names in lowercase.
+        (
+            Box::new(|d| d.glue_table = Some("Orders".into())),
+            "Glue table",
+        ),
         (
             Box::new(|d| d.role_arn = "arn:aws:iam::123456789012:role/".into()),
             "role ARN",

@@ -1455,3 +1455,117 @@ async fn an_expired_revoked_or_tampered_actor_token_is_invalid_grant() {
     assert_error(&r, 400, "invalid_grant");
     assert!(r.text.contains("actor_token"), "{}", r.text);
 }
+
+#[tokio::test]
+async fn another_client_acting_gets_only_what_the_delegations_naming_it_allow() {
+    let t = TestApp::start().await;
+    let (other, other_secret) = t.client("acme", &["internal"], &[]).await;
+    // For "api": read with `other` as actor, read and admin without it.
+    let (client, secret) =
+        delegated_client(&t, "api", &["reports:read"], &[&other.client_id], None).await;
+    let app = t.app();
+    add_delegation(
+        app.store.as_ref(),
+        NewDelegation {
+            client_id: client.client_id.clone(),
+            audiences: vec!["api".into()],
+            scopes: vec!["reports:read".into(), "admin".into()],
+            ..Default::default()
+        },
+        app.clock.now(),
+    )
+    .await
+    .unwrap();
+    let actor = t.service_token(&other, &other_secret, &[]).await;
+    let user = t.human_token("alice", "portal", "reports:read admin");
+    let ask = |scope: &'static str| {
+        let (t, id, secret, user, actor) = (
+            &t,
+            client.client_id.clone(),
+            secret.clone(),
+            user.clone(),
+            actor.clone(),
+        );
+        async move {
+            exchange(
+                t,
+                (&id, &secret),
+                &[
+                    ("subject_token", &user),
+                    ("subject_token_type", ACCESS_TOKEN),
+                    ("audience", "api"),
+                    ("scope", scope),
+                    ("actor_token", &actor),
+                    ("actor_token_type", ACCESS_TOKEN),
+                ],
+            )
+            .await
+        }
+    };
+    assert_error(&ask("admin").await, 400, "invalid_scope");
+    let r = ask("reports:read").await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    // The client acting for itself may have admin.
+    let r = exchange(
+        &t,
+        (&client.client_id, &secret),
+        &[
+            ("subject_token", &user),
+            ("subject_token_type", ACCESS_TOKEN),
+            ("audience", "api"),
+            ("scope", "admin"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+}
+
+#[tokio::test]
+async fn no_audience_asked_of_a_client_whose_delegations_name_none_is_invalid_target() {
+    let t = TestApp::start().await;
+    let app = t.app();
+    tessera::registry::create_dataset(
+        app.store.as_ref(),
+        tessera::registry::NewDataset {
+            id: "sales.orders".into(),
+            tenant: "acme".into(),
+            role_arn: "arn:aws:iam::123456789012:role/sales".into(),
+            glue_database: "sales".into(),
+            glue_table: Some("orders".into()),
+            lf_tag_expression: None,
+            s3_prefix: "s3://lake/sales/orders/".into(),
+            permissions: vec![tessera::store::Permission::Read],
+            purposes: vec![],
+            max_duration_secs: 3600,
+        },
+        app.clock.now(),
+    )
+    .await
+    .unwrap();
+    // A data product: delegated a dataset, no audience.
+    let (client, secret) = t.client("acme", &["internal"], &[]).await;
+    add_delegation(
+        app.store.as_ref(),
+        NewDelegation {
+            client_id: client.client_id.clone(),
+            datasets: vec!["sales.orders".into()],
+            permissions: vec![tessera::store::Permission::Read],
+            ..Default::default()
+        },
+        app.clock.now(),
+    )
+    .await
+    .unwrap();
+    let user = t.human_token("alice", "portal", "reports:read");
+    let r = exchange(
+        &t,
+        (&client.client_id, &secret),
+        &[
+            ("subject_token", &user),
+            ("subject_token_type", ACCESS_TOKEN),
+        ],
+    )
+    .await;
+    assert_error(&r, 400, "invalid_target");
+    assert!(r.text.contains("any audience"), "{}", r.text);
+}

@@ -1187,3 +1187,48 @@ async fn at_a_route_a_bound_workload_is_its_client_for_the_rule_s_clients_and_th
     assert_eq!(r.status, 403, "{}", r.text);
     assert_eq!(r.body["reason"], "client_not_allowed", "{}", r.text);
 }
+
+#[tokio::test]
+async fn at_a_route_a_bound_workload_has_its_client_s_tenant_and_is_refused_once_it_is_disabled() {
+    let idp = TestIdp::start().await;
+    // The cluster's entry says acme; the workload's client is globex's.
+    let t = start_edge(&idp, &TestIdp::start().await).await;
+    let (client, _) = t
+        .register(NewClient {
+            name: "globex-billing".into(),
+            tenant: "globex".into(),
+            audiences: vec!["internal".into()],
+            no_secret: true,
+            ..Default::default()
+        })
+        .await;
+    bind(&t, &client.client_id, SA_SUBJECT).await;
+    let sa = idp.service_account_token(NS, SA_NAME, "tessera");
+    let r = t.authz("GET", "/internal/orders", Some(&sa)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.header("x-tessera-tenant"), Some("globex"));
+    assert_eq!(
+        r.header("x-tessera-client-id"),
+        Some(client.client_id.as_str())
+    );
+
+    let app = t.app();
+    assert!(app
+        .store
+        .set_disabled(&client.client_id, true, app.clock.now())
+        .await
+        .unwrap());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    let r = loop {
+        let r = t.authz("GET", "/internal/orders", Some(&sa)).await;
+        if r.status != 200 || std::time::Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(r.status, 403, "{}", r.text);
+    assert_eq!(r.body["reason"], "client_not_allowed", "{}", r.text);
+    let audit = t.audit().await;
+    let rec = &audit.last().unwrap().record;
+    assert_eq!(rec.subject.as_deref(), Some(SA_SUBJECT), "{rec:?}");
+}

@@ -406,6 +406,11 @@ async fn delegate(
                 all.dedup();
                 match all.as_slice() {
                     [one] => vec![(*one).clone()],
+                    [] => {
+                        return Err(OAuthError::InvalidTarget(
+                            "client may not obtain delegated tokens for any audience".into(),
+                        ))
+                    }
                     _ => {
                         return Err(OAuthError::invalid_request(
                             "audience or resource is required: the client's delegations \
@@ -432,6 +437,8 @@ async fn delegate(
     };
 
     // Who is acting: the client, or the service its actor_token names.
+    // Another client acts only within the delegations that name it.
+    let mut covering = covering;
     let actor = match &params.actor_token {
         None => client.client_id.clone(),
         Some((token, ty)) => {
@@ -447,7 +454,8 @@ async fn delegate(
             }
             let owner = &verified.claims.client_id;
             if *owner != client.client_id {
-                if !covering.iter().any(|d| d.actors.contains(owner)) {
+                covering.retain(|d| d.actors.contains(owner));
+                if covering.is_empty() {
                     return Err(invalid_grant(
                         "actor_token belongs to another client that may not act beside \
                          this one for this target",
