@@ -1610,9 +1610,11 @@ async fn run(opts: Opts) -> anyhow::Result<Results> {
         {
             bail!("unexpected token exchange answer: {v}, delegated token claims {dc}");
         }
-        // ... and presented directly at the edge on the trusted rule.
+        // ... and the IdP's access token presented directly at the edge on
+        // the trusted rule (an ID token is refused there, checked below).
+        let idp_access_token = idp.signer.access_token(0, unix_now());
         let trusted_tpl = Template::new(Method::GET, t.http, TRUSTED_CHECK)
-            .header(header::AUTHORIZATION, &format!("Bearer {id_token}"));
+            .header(header::AUTHORIZATION, &format!("Bearer {idp_access_token}"));
         let (s, h, body) = http_once(t.http, trusted_tpl.build()).await?;
         let hv = |k: &str| h.get(k).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
         if s != StatusCode::OK
@@ -1623,21 +1625,27 @@ async fn run(opts: Opts) -> anyhow::Result<Results> {
             bail!("trusted ext_authz preflight: {} {h:?}", describe(s, &body));
         }
         // The trusted rule really checks: a forged signature is refused,
-        // and so is the ID token on the service-token route.
-        let (head, _) = id_token.rsplit_once('.').expect("three parts");
+        // so is an ID token, and the access token on the service-token route.
+        let id_tpl = Template::new(Method::GET, t.http, TRUSTED_CHECK)
+            .header(header::AUTHORIZATION, &format!("Bearer {id_token}"));
+        let (s, _, body) = http_once(t.http, id_tpl.build()).await?;
+        if s != StatusCode::UNAUTHORIZED {
+            bail!("an ID token passed the trusted rule: {}", describe(s, &body));
+        }
+        let (head, _) = idp_access_token.rsplit_once('.').expect("three parts");
         let forged = format!("{head}.{}", B64.encode([7u8; 64]));
         let forged_tpl = Template::new(Method::GET, t.http, TRUSTED_CHECK)
             .header(header::AUTHORIZATION, &format!("Bearer {forged}"));
         let (s, _, body) = http_once(t.http, forged_tpl.build()).await?;
         if s != StatusCode::UNAUTHORIZED {
-            bail!("a forged ID token was not refused: {}", describe(s, &body));
+            bail!("a forged access token was not refused: {}", describe(s, &body));
         }
         let wrong_route = Template::new(Method::GET, t.http, "/ext_authz/internal/bench")
-            .header(header::AUTHORIZATION, &format!("Bearer {id_token}"));
+            .header(header::AUTHORIZATION, &format!("Bearer {idp_access_token}"));
         let (s, _, body) = http_once(t.http, wrong_route.build()).await?;
         if s != StatusCode::FORBIDDEN {
             bail!(
-                "an ID token passed the service-token route: {}",
+                "an IdP access token passed the service-token route: {}",
                 describe(s, &body)
             );
         }
@@ -1893,10 +1901,11 @@ async fn run(opts: Opts) -> anyhow::Result<Results> {
             .await;
         let bearer_of = |tok: &str| HeaderValue::try_from(format!("Bearer {tok}")).expect("header");
         let started = Instant::now();
-        eprintln!("bench: signing {want} ID tokens for the first-seen trusted ext_authz run (untimed)");
-        let mut unused_t: Vec<HeaderValue> = sign_id_tokens(&idp.signer, want, bearer_of).await;
+        eprintln!("bench: signing {want} access tokens for the first-seen trusted ext_authz run (untimed)");
+        let mut unused_t: Vec<HeaderValue> =
+            sign_access_tokens(&idp.signer, want, bearer_of).await;
         let mut note = format!(
-            "{want} ID tokens for the first-seen trusted ext_authz run ({IDP_USERS} people), signed by the bench IdP before it in {:.1} s",
+            "{want} IdP access tokens for the first-seen trusted ext_authz run ({IDP_USERS} people), signed by the bench IdP before it in {:.1} s",
             started.elapsed().as_secs_f64()
         );
         let tt_tpl = Template::new(Method::GET, t.http, TRUSTED_CHECK);
@@ -1915,7 +1924,7 @@ async fn run(opts: Opts) -> anyhow::Result<Results> {
                 expect_status(StatusCode::OK),
                 async |n| {
                     let started = Instant::now();
-                    let more = sign_id_tokens(&idp.signer, n, bearer_of).await;
+                    let more = sign_access_tokens(&idp.signer, n, bearer_of).await;
                     let _ = write!(
                         note,
                         "; {n} more signed in {:.1} s for a second attempt",
@@ -2349,8 +2358,26 @@ struct IdpSigner {
     issuer: String,
     key: EcdsaKeyPair,
     rng: SystemRandom,
-    /// The encoded JWS header, the same for every token.
+    /// The encoded JWS header of ID tokens (`typ: JWT`).
     header: String,
+    /// The encoded JWS header of access tokens (`typ: at+jwt`, RFC 9068).
+    at_header: String,
+}
+
+/// Claims of the IdP's RFC 9068 access tokens: what a route takes directly
+/// (an ID token is no credential there).
+#[derive(Serialize)]
+struct AtClaims<'a> {
+    iss: &'a str,
+    sub: &'a str,
+    aud: &'a str,
+    iat: i64,
+    exp: i64,
+    jti: &'a str,
+    client_id: &'a str,
+    scope: &'a str,
+    tenant: &'a str,
+    groups: [&'a str; 1],
 }
 
 #[derive(Serialize)]
@@ -2383,10 +2410,36 @@ impl IdpSigner {
             tenant: "acme",
             groups: ["analysts"],
         };
+        self.sign(&self.header, &claims)
+    }
+
+    /// An RFC 9068 access token for `user-NNNN`, valid for an hour, with a
+    /// random `jti`.
+    fn access_token(&self, user: usize, now: i64) -> String {
+        let mut jti = [0u8; 12];
+        self.rng.fill(&mut jti).expect("rng");
+        let jti = B64.encode(jti);
+        let sub = format!("user-{user:04}");
+        let claims = AtClaims {
+            iss: &self.issuer,
+            sub: &sub,
+            aud: IDP_AUDIENCE,
+            iat: now,
+            exp: now + 3600,
+            jti: &jti,
+            client_id: "portal",
+            scope: "reports:read",
+            tenant: "acme",
+            groups: ["analysts"],
+        };
+        self.sign(&self.at_header, &claims)
+    }
+
+    fn sign(&self, header: &str, claims: &impl Serialize) -> String {
         let mut token = String::with_capacity(512);
-        token.push_str(&self.header);
+        token.push_str(header);
         token.push('.');
-        token.push_str(&B64.encode(serde_json::to_vec(&claims).expect("json")));
+        token.push_str(&B64.encode(serde_json::to_vec(claims).expect("json")));
         let sig = self.key.sign(&self.rng, token.as_bytes()).expect("sign");
         token.push('.');
         token.push_str(&B64.encode(sig.as_ref()));
@@ -2401,6 +2454,24 @@ async fn sign_id_tokens<T: Send + 'static>(
     n: usize,
     map: fn(&str) -> T,
 ) -> Vec<T> {
+    sign_tokens(signer, n, IdpSigner::id_token, map).await
+}
+
+/// Like [`sign_id_tokens`], for access tokens.
+async fn sign_access_tokens<T: Send + 'static>(
+    signer: &Arc<IdpSigner>,
+    n: usize,
+    map: fn(&str) -> T,
+) -> Vec<T> {
+    sign_tokens(signer, n, IdpSigner::access_token, map).await
+}
+
+async fn sign_tokens<T: Send + 'static>(
+    signer: &Arc<IdpSigner>,
+    n: usize,
+    make: fn(&IdpSigner, usize, i64) -> String,
+    map: fn(&str) -> T,
+) -> Vec<T> {
     let signer = signer.clone();
     tokio::task::spawn_blocking(move || {
         let now = unix_now();
@@ -2412,7 +2483,7 @@ async fn sign_id_tokens<T: Send + 'static>(
                     let signer = &signer;
                     scope.spawn(move || {
                         (t * per..((t + 1) * per).min(n))
-                            .map(|i| map(&signer.id_token(i % IDP_USERS, now)))
+                            .map(|i| map(&make(signer, i % IDP_USERS, now)))
                             .collect::<Vec<T>>()
                     })
                 })
@@ -2509,14 +2580,17 @@ async fn start_idp() -> anyhow::Result<Idp> {
         discovery_fetches: Arc::new(AtomicUsize::new(0)),
         jwks_fetches: Arc::new(AtomicUsize::new(0)),
     };
-    let header = B64.encode(
-        serde_json::to_vec(&CeilingHeader {
-            alg: "ES256",
-            typ: "JWT",
-            kid: IDP_KID,
-        })
-        .expect("json"),
-    );
+    let header_of = |typ| {
+        B64.encode(
+            serde_json::to_vec(&CeilingHeader {
+                alg: "ES256",
+                typ,
+                kid: IDP_KID,
+            })
+            .expect("json"),
+        )
+    };
+    let (header, at_header) = (header_of("JWT"), header_of("at+jwt"));
     let app = Router::new()
         .route("/.well-known/openid-configuration", get(idp_discovery))
         .route("/jwks", get(idp_jwks))
@@ -2532,6 +2606,7 @@ async fn start_idp() -> anyhow::Result<Idp> {
             key,
             rng,
             header,
+            at_header,
         }),
         state,
         task,
