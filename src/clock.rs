@@ -1,8 +1,8 @@
 //! Time as an input: the domain never calls `SystemTime::now()` directly, so
 //! tests can move time forward instead of sleeping.
 
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Source of "now" in Unix seconds (and milliseconds for audit records).
 pub trait Clock: Send + Sync + 'static {
@@ -47,5 +47,39 @@ impl FixedClock {
 impl Clock for FixedClock {
     fn now_millis(&self) -> i64 {
         self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// When a replica last heard from the store, on the monotonic clock (not
+/// the app's [`Clock`]: a stalled poll must show as stale even in tests
+/// that hold app time still). Read on every check, so an atomic.
+#[derive(Debug)]
+pub struct Freshness {
+    started: Instant,
+    /// Milliseconds after `started` of the last [`Freshness::mark`].
+    fresh_at: AtomicU64,
+    max: Duration,
+}
+
+impl Freshness {
+    /// Fresh now; stale once `max` passes without a mark.
+    pub fn new(max: Duration) -> Self {
+        Self {
+            started: Instant::now(),
+            fresh_at: AtomicU64::new(0),
+            max,
+        }
+    }
+
+    /// The store just answered.
+    pub fn mark(&self) {
+        self.fresh_at
+            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    pub fn is_stale(&self) -> bool {
+        let since_start = self.started.elapsed().as_millis() as u64;
+        since_start.saturating_sub(self.fresh_at.load(Ordering::Relaxed))
+            > self.max.as_millis() as u64
     }
 }

@@ -8,13 +8,13 @@
 //! reaches back to before it.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::RwLock;
 
-use crate::clock::Clock;
+use crate::clock::{Clock, Freshness};
 use crate::store::RevocationStore;
 
 pub const SYNC_INTERVAL: Duration = Duration::from_millis(250);
@@ -32,10 +32,8 @@ pub struct Revocations {
     revoked: RwLock<HashMap<String, i64>>,
     /// When the last successful poll started (the app clock, for the window).
     synced_at: AtomicI64,
-    /// Milliseconds after `started` of the last successful poll (monotonic,
-    /// for staleness; an atomic because every token check reads it).
-    fresh_at: AtomicU64,
-    started: Instant,
+    /// The last successful poll, for staleness.
+    fresh: Freshness,
 }
 
 impl std::fmt::Debug for Revocations {
@@ -55,17 +53,14 @@ impl Revocations {
             store,
             revoked: RwLock::new(revoked),
             synced_at: AtomicI64::new(now),
-            fresh_at: AtomicU64::new(0),
-            started: Instant::now(),
+            fresh: Freshness::new(MAX_STALENESS),
         })
     }
 
     /// Whether the revocation set is too old to trust (the store has not
     /// answered for [`MAX_STALENESS`]).
     pub fn is_stale(&self) -> bool {
-        let since_start = self.started.elapsed().as_millis() as u64;
-        since_start.saturating_sub(self.fresh_at.load(Ordering::Relaxed))
-            > MAX_STALENESS.as_millis() as u64
+        self.fresh.is_stale()
     }
 
     pub fn is_revoked(&self, jti: &str) -> bool {
@@ -85,8 +80,7 @@ impl Revocations {
         let since = self.synced_at.load(Ordering::Relaxed).min(now) - WINDOW_SECS;
         let recent = self.store.revocations_since(since, now).await?;
         self.synced_at.store(now, Ordering::Relaxed);
-        self.fresh_at
-            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.fresh.mark();
         let mut set = self.revoked.write();
         for r in recent {
             set.insert(r.jti, r.expires_at);

@@ -7,12 +7,13 @@
 //! also re-read at once, so a fresh secret works immediately).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::RwLock;
 
+use crate::clock::Freshness;
 use crate::store::{Client, ClientStore, Delegation, SecretDigest};
 
 pub const SYNC_INTERVAL: Duration = Duration::from_millis(250);
@@ -51,9 +52,8 @@ pub struct ClientCache {
     entries: RwLock<HashMap<String, Arc<CachedClient>>>,
     /// Workload identity (issuer, subject) → client id; `None` caches "unbound".
     workloads: RwLock<HashMap<(String, String), Option<String>>>,
-    /// Milliseconds after `started` of the last successful poll.
-    fresh_at: AtomicU64,
-    started: Instant,
+    /// The last successful poll, for staleness.
+    fresh: Freshness,
 }
 
 impl std::fmt::Debug for ClientCache {
@@ -72,8 +72,7 @@ impl ClientCache {
             version: AtomicI64::new(version),
             entries: RwLock::new(HashMap::new()),
             workloads: RwLock::new(HashMap::new()),
-            fresh_at: AtomicU64::new(0),
-            started: Instant::now(),
+            fresh: Freshness::new(MAX_STALENESS),
         })
     }
 
@@ -148,16 +147,13 @@ impl ClientCache {
     /// Whether the registry version is too old to trust (the store has not
     /// answered a poll for [`MAX_STALENESS`]).
     pub fn is_stale(&self) -> bool {
-        let since_start = self.started.elapsed().as_millis() as u64;
-        since_start.saturating_sub(self.fresh_at.load(Ordering::Relaxed))
-            > MAX_STALENESS.as_millis() as u64
+        self.fresh.is_stale()
     }
 
     /// One poll: drop everything when the registry changed.
     pub async fn sync(&self) -> anyhow::Result<()> {
         let version = self.store.registry_version().await?;
-        self.fresh_at
-            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.fresh.mark();
         if version != self.version.load(Ordering::Acquire) {
             let mut entries = self.entries.write();
             let mut workloads = self.workloads.write();
