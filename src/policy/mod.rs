@@ -258,6 +258,16 @@ impl Policy {
         })
     }
 
+    /// `ttl` (seconds), no longer than `[audiences.<aud>] max_token_ttl`
+    /// allows for any of `audiences`: the cap binds every token issued for
+    /// an audience, whichever grant issues it.
+    pub fn cap_ttl(&self, ttl: i64, audiences: &[String]) -> i64 {
+        audiences
+            .iter()
+            .filter_map(|a| self.audience_ttl.get(a))
+            .fold(ttl, |ttl, cap| ttl.min(cap.as_secs() as i64))
+    }
+
     pub fn builtin() -> Self {
         Self::parse(BUILTIN).expect("built-in policy parses")
     }
@@ -643,6 +653,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.audience_ttl["api"], Duration::from_secs(600));
+        let auds = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(p.cap_ttl(3600, &auds(&["api"])), 600);
+        assert_eq!(p.cap_ttl(300, &auds(&["api"])), 300);
+        assert_eq!(p.cap_ttl(3600, &auds(&["other", "api"])), 600);
+        assert_eq!(p.cap_ttl(3600, &auds(&["other"])), 3600);
         let upstream = |name: &str, principal: Principal, aud: &str, act: bool| {
             let mut t = token(IssuerKind::Human, aud, "", "c", "t");
             t.issuer = TokenIssuer::Trusted(name.into());

@@ -68,18 +68,11 @@ pub fn validate(app: &App, client: &Client, params: Params) -> Result<Validated,
         }
     };
     let issuer = &app.config.issuers.service;
-    let mut ttl = client
+    let ttl = client
         .token_ttl
         .unwrap_or(issuer.token_ttl.as_secs() as i64)
         .min(issuer.max_token_ttl.as_secs() as i64);
-    // The route policy's cap for an audience binds every token issued for
-    // it, whichever way it was obtained.
-    let policy = app.policy.current();
-    for aud in &audiences {
-        if let Some(cap) = policy.audience_ttl.get(aud) {
-            ttl = ttl.min(cap.as_secs() as i64);
-        }
-    }
+    let ttl = app.policy.current().cap_ttl(ttl, &audiences);
     Ok(Validated {
         audiences,
         scopes,

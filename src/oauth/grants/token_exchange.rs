@@ -202,20 +202,6 @@ fn registry_unavailable(e: anyhow::Error) -> OAuthError {
     OAuthError::TemporarilyUnavailable("client registry unavailable".into())
 }
 
-/// The lifetime of a token issued for `targets`: `ttl`, capped by the
-/// policy for each audience and by the presented token's expiry (what is
-/// issued never outlives the proof it was issued on).
-fn capped_ttl(app: &App, ttl: i64, targets: &[String], proof_exp: i64, now: i64) -> i64 {
-    let policy = app.policy.current();
-    let mut ttl = ttl;
-    for t in targets {
-        if let Some(cap) = policy.audience_ttl.get(t) {
-            ttl = ttl.min(cap.as_secs() as i64);
-        }
-    }
-    ttl.min(proof_exp.saturating_sub(now))
-}
-
 /// A workload's own identity for a service token of its bound client.
 async fn exchange_workload(
     app: &App,
@@ -557,7 +543,11 @@ async fn delegate(
     // the subject token (a delegation never outlives the person's proof).
     let human = &app.config.issuers.human;
     let base = human.token_ttl.min(human.max_token_ttl).as_secs() as i64;
-    let ttl = capped_ttl(app, base, &targets, claims.exp, now);
+    let ttl = app
+        .policy
+        .current()
+        .cap_ttl(base, &targets)
+        .min(claims.exp.saturating_sub(now));
     if ttl <= 0 {
         return Err(invalid_grant(
             "subject_token is not valid: token has expired",
