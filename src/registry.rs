@@ -28,8 +28,14 @@ pub struct NewClient {
     pub no_secret: bool,
 }
 
+/// Whether `value` is a label the registry accepts (tenant, audience,
+/// purpose…): 1 to 128 printable characters, not all blank.
+pub fn is_label(value: &str) -> bool {
+    !value.trim().is_empty() && value.len() <= 128 && !value.chars().any(char::is_control)
+}
+
 fn check_label(what: &str, value: &str) -> anyhow::Result<()> {
-    if value.trim().is_empty() || value.len() > 128 || value.chars().any(char::is_control) {
+    if !is_label(value) {
         bail!("{what} must be 1 to 128 printable characters");
     }
     Ok(())

@@ -232,16 +232,19 @@ pub fn role_arn_parts(role_arn: &str) -> Option<(&str, &str)> {
     );
     let resource = parts.next()?;
     (arn == "arn"
-        && partition.starts_with("aws")
-        && partition
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b == b'-')
+        && is_partition(partition)
         && service == "iam"
         && account.len() == 12
         && account.bytes().all(|b| b.is_ascii_digit())
         && resource.len() > "role/".len()
         && resource.starts_with("role/"))
     .then_some((partition, account))
+}
+
+/// `aws`, `aws-cn`, `aws-us-gov`, `aws-iso`…: what may stand between `arn:`
+/// and the service in an ARN Tessera writes.
+fn is_partition(p: &str) -> bool {
+    p.starts_with("aws") && p.bytes().all(|b| b.is_ascii_lowercase() || b == b'-')
 }
 
 /// Glue database and table names: lowercase letters, digits, `_` and `-`.
@@ -334,13 +337,7 @@ pub fn check_dataset_resources(
 /// own policies (and Lake Formation's grants), so this can only narrow.
 pub fn session_policy(scope: &DatasetScope, permission: Permission) -> Result<String, PolicyError> {
     use PolicyError::Invalid;
-    if scope.partition.is_empty()
-        || !scope.partition.starts_with("aws")
-        || !scope
-            .partition
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b == b'-')
-    {
+    if !is_partition(&scope.partition) {
         return Err(Invalid(format!(
             "partition {:?} is not an AWS partition",
             scope.partition

@@ -222,9 +222,7 @@ pub fn authorize<'s>(
         }
         // Free-form where the dataset names none, but as bounded as a
         // registered purpose: it goes into headers, tags and the audit.
-        Some(p) if p.trim().is_empty() || p.len() > 128 || p.chars().any(char::is_control) => {
-            return Err(DataDenial::PurposeNotAllowed)
-        }
+        Some(p) if !crate::registry::is_label(p) => return Err(DataDenial::PurposeNotAllowed),
         Some(p) => p.to_string(),
         None if !dataset.purposes.is_empty() => return Err(DataDenial::PurposeRequired),
         None => String::new(),
@@ -515,6 +513,33 @@ mod tests {
             Ok(Some(300))
         );
         assert_eq!(until(vec![user], &[delegation(None)]), Ok(Some(500)));
+    }
+
+    #[test]
+    fn a_free_form_purpose_is_bounded_like_a_registered_one() {
+        let mut snap = snapshot(vec![grant(
+            Grantee::User,
+            "alice",
+            Permission::Read,
+            &[],
+            None,
+        )]);
+        snap.datasets
+            .get_mut("sales.orders")
+            .unwrap()
+            .purposes
+            .clear();
+        let alice = person("alice", "acme", &[]);
+        let decide = |purpose: &str| {
+            authorize(&snap, &alice, None, ask(Permission::Read, Some(purpose)), 0)
+                .map(|a| a.purpose)
+                .map_err(|d| d.code())
+        };
+        assert_eq!(decide("fraud review"), Ok("fraud review".into()));
+        assert_eq!(decide(&"p".repeat(128)), Ok("p".repeat(128)));
+        for bad in ["p".repeat(129), "a\nb".into(), "   ".into(), "".into()] {
+            assert_eq!(decide(&bad), Err("purpose_not_allowed"), "{bad:?}");
+        }
     }
 
     #[test]

@@ -1343,6 +1343,10 @@ async fn the_registry_refuses_what_could_never_be_served() {
             "role ARN",
         ),
         (
+            Box::new(|d| d.role_arn = "arn:evil:iam::123456789012:role/x".into()),
+            "role ARN",
+        ),
+        (
             Box::new(|d| d.s3_prefix = "s3://Bad_Bucket/x/".into()),
             "bucket",
         ),

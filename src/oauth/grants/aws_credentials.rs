@@ -97,8 +97,8 @@ impl CredentialParams {
     }
 }
 
-/// The credential fields of the response, beside RFC 8693's. `Debug`
-/// leaves the secret parts out.
+/// The credential fields of the response, beside RFC 8693's. No `Debug`:
+/// [`TokenResponse`]'s shows the access key id only.
 #[derive(Serialize)]
 pub struct CredentialFields {
     pub access_key_id: String,
@@ -107,18 +107,6 @@ pub struct CredentialFields {
     /// RFC 3339, as STS writes it.
     pub expiration: String,
     pub assumed_role_arn: String,
-}
-
-impl std::fmt::Debug for CredentialFields {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CredentialFields")
-            .field("access_key_id", &self.access_key_id)
-            .field("secret_access_key", &"<redacted>")
-            .field("session_token", &"<redacted>")
-            .field("expiration", &self.expiration)
-            .field("assumed_role_arn", &self.assumed_role_arn)
-            .finish()
-    }
 }
 
 /// Who, for what: credentials are reused only for exactly this.

@@ -98,7 +98,8 @@ pub async fn handle(
     }
 }
 
-/// RFC 6749 §5.1 successful response. `Debug` leaves the token out.
+/// RFC 6749 §5.1 successful response. `Debug` leaves the token and any
+/// credential secrets out.
 #[derive(Serialize)]
 pub struct TokenResponse {
     pub access_token: String,
@@ -122,7 +123,10 @@ impl std::fmt::Debug for TokenResponse {
             .field("token_type", &self.token_type)
             .field("expires_in", &self.expires_in)
             .field("scope", &self.scope)
-            .field("credentials", &self.credentials)
+            .field(
+                "access_key_id",
+                &self.credentials.as_ref().map(|c| &c.access_key_id),
+            )
             .finish()
     }
 }
@@ -175,5 +179,37 @@ pub fn parse_resource(text: &str) -> Result<String, OAuthError> {
         _ => Err(OAuthError::InvalidTarget(
             "resource must be an absolute URI without a fragment".into(),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_of_a_response_holds_no_token_or_secret() {
+        let r = TokenResponse {
+            access_token: "session-t0ken".into(),
+            issued_token_type: Some(aws_credentials::AWS_CREDENTIALS),
+            token_type: "N_A",
+            expires_in: 900,
+            scope: "read".into(),
+            credentials: Some(aws_credentials::CredentialFields {
+                access_key_id: "ASIAEXAMPLE".into(),
+                secret_access_key: "s3cr3t-key".into(),
+                session_token: "session-t0ken".into(),
+                expiration: "2026-12-04T08:00:00Z".into(),
+                assumed_role_arn: "arn:aws:sts::123456789012:assumed-role/r/alice".into(),
+            }),
+        };
+        let text = format!("{r:?}");
+        assert!(text.contains("ASIAEXAMPLE"), "{text}");
+        assert!(
+            !text.contains("s3cr3t") && !text.contains("t0ken"),
+            "{text}"
+        );
+        // Serialized for the caller, of course, they are all there.
+        let body = serde_json::to_string(&r).unwrap();
+        assert!(body.contains("s3cr3t-key") && body.contains("session-t0ken"));
     }
 }
