@@ -327,3 +327,41 @@ async fn a_replica_that_cannot_read_revocations_fails_closed() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_revocation_that_cannot_be_stored_is_503_and_audited_and_the_token_stays_usable() {
+    let t = TestApp::start().await;
+    let (c, secret) = t.client("acme", &["internal"], &[]).await;
+    let token = t.service_token(&c, &secret, &[]).await;
+    crate::audit::RawDb::open(&t)
+        .await
+        .exec("DROP TABLE revoked_tokens")
+        .await
+        .unwrap();
+    let r = t
+        .post_form(
+            "/oauth2/revoke",
+            Some((&c.client_id, &secret)),
+            &[("token", &token)],
+        )
+        .await;
+    assert_eq!((r.status, r.error()), (503, "temporarily_unavailable"));
+    let audit = t.audit().await;
+    let rec = &audit
+        .iter()
+        .rev()
+        .find(|a| a.record.event == "revocation")
+        .expect("a revocation record")
+        .record;
+    assert_eq!(rec.decision, "deny", "{rec:?}");
+    assert!(
+        rec.reason.starts_with("revocation_store_unavailable"),
+        "{rec:?}"
+    );
+    // Not revoked in memory either: nothing half-done.
+    let jti = crate::harness::claims_of(&token)["jti"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(!t.app().revocations.is_revoked(&jti));
+}

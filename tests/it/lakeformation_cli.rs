@@ -136,3 +136,72 @@ async fn sync_grants_missing_revokes_extra_and_leaves_foreign_grants_alone() {
     assert!(holds(&lf, &role, "orders").await.is_empty());
     assert_eq!(holds(&lf, &role, "refunds").await, vec!["SELECT"]);
 }
+
+#[tokio::test]
+async fn the_cli_sync_waits_its_turn_while_a_server_holds_the_sync_lease() {
+    let moto = Moto::start().await;
+    let role = moto.create_role("sales-reader").await;
+    let lf = AwsLakeFormation::from_sdk_config(&moto.sdk_config().await);
+    let dir = tempfile::tempdir().unwrap();
+    let env = BinEnv::fresh(dir.path())
+        .set("TESSERA_AWS_ENDPOINT_URL", &moto.url)
+        .set("TESSERA_AWS_REGION", "us-east-1")
+        .set("AWS_ACCESS_KEY_ID", "testing")
+        .set("AWS_SECRET_ACCESS_KEY", "testing")
+        .set("AWS_EC2_METADATA_DISABLED", "true");
+    env.run_json(&[
+        "dataset",
+        "create",
+        "sales.orders",
+        "--tenant",
+        "acme",
+        "--role-arn",
+        &role,
+        "--glue-database",
+        "sales",
+        "--glue-table",
+        "orders",
+        "--s3-prefix",
+        "s3://lake/sales/orders/",
+        "--permission",
+        "read",
+    ])
+    .await;
+    // A server's background loop holds the lease, as another replica would.
+    let var = |k: &str| {
+        env.vars
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+    };
+    let store = tessera::store::connect(&tessera::config::StoreConfig {
+        url: var("TESSERA_STORE_URL").unwrap(),
+        max_connections: 2,
+        schema: var("TESSERA_STORE_SCHEMA"),
+    })
+    .await
+    .unwrap();
+    let now = crate::harness::now();
+    let lease = tessera::data::sync::LEASE;
+    assert!(store.take_lease(lease, "server-a", now, 600).await.unwrap());
+
+    let busy = env.run(&["lakeformation", "sync"]).await;
+    assert_eq!(busy.code, Some(1), "{busy:?}");
+    assert!(busy.stderr.contains("lease"), "{}", busy.stderr);
+    assert!(
+        holds(&lf, &role, "orders").await.is_empty(),
+        "nothing applied"
+    );
+    // Planning needs no lease.
+    let plan = env.run_json(&["lakeformation", "sync", "--dry-run"]).await;
+    assert_eq!(plan["grant"][0]["table"], "orders");
+
+    // Once the server lets go, the CLI syncs, and gives the lease back.
+    assert!(store.release_lease(lease, "server-a").await.unwrap());
+    env.run_json(&["lakeformation", "sync"]).await;
+    assert_eq!(
+        holds(&lf, &role, "orders").await,
+        vec!["DESCRIBE", "SELECT"]
+    );
+    assert!(store.take_lease(lease, "server-a", now, 600).await.unwrap());
+}
