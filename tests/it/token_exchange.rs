@@ -29,19 +29,16 @@ pub async fn start_with(idp: &TestIdp) -> TestApp {
 /// A registered data product allowed to act for users on `audience` with `scopes`.
 pub async fn product(t: &TestApp, audience: &str, scopes: &[&str]) -> (String, String) {
     let (client, secret) = t.client("acme", &["internal"], &["svc:own"]).await;
-    let app = t.app();
-    add_delegation(
-        app.store.as_ref(),
+    delegate(
+        t,
         NewDelegation {
             client_id: client.client_id.clone(),
             audiences: vec![audience.into()],
             scopes: scopes.iter().map(|s| s.to_string()).collect(),
             ..Default::default()
         },
-        app.clock.now(),
     )
-    .await
-    .unwrap();
+    .await;
     (client.client_id, secret)
 }
 
@@ -158,9 +155,8 @@ async fn delegated_client(
     expires_at: Option<i64>,
 ) -> (tessera::store::Client, String) {
     let (client, secret) = t.client("acme", &["internal"], &["svc:own"]).await;
-    let app = t.app();
-    add_delegation(
-        app.store.as_ref(),
+    delegate(
+        t,
         NewDelegation {
             client_id: client.client_id.clone(),
             audiences: vec![audience.into()],
@@ -169,11 +165,17 @@ async fn delegated_client(
             expires_at,
             ..Default::default()
         },
-        app.clock.now(),
     )
-    .await
-    .unwrap();
+    .await;
     (client, secret)
+}
+
+/// Registers one more delegation.
+async fn delegate(t: &TestApp, d: NewDelegation) {
+    let app = t.app();
+    add_delegation(app.store.as_ref(), d, app.clock.now())
+        .await
+        .unwrap();
 }
 
 /// `start_with`, then waits (at most 5 s) until the IdP's keys are cached,
@@ -884,19 +886,16 @@ async fn an_audience_no_delegation_covers_is_invalid_target() {
 async fn no_audience_when_the_delegations_name_several_is_invalid_request() {
     let t = TestApp::start().await;
     let (client, secret) = delegated_client(&t, "api", &["reports:read"], &[], None).await;
-    let app = t.app();
-    add_delegation(
-        app.store.as_ref(),
+    delegate(
+        &t,
         NewDelegation {
             client_id: client.client_id.clone(),
             audiences: vec!["billing".into()],
             scopes: vec!["reports:read".into()],
             ..Default::default()
         },
-        app.clock.now(),
     )
-    .await
-    .unwrap();
+    .await;
     let user = t.human_token("alice", "portal", "reports:read");
     let r = exchange(
         &t,
@@ -929,19 +928,16 @@ async fn an_actor_named_for_another_audience_may_not_act_for_this_one() {
     // `other` may act beside the client for "billing" only.
     let (client, secret) =
         delegated_client(&t, "billing", &["reports:read"], &[&other.client_id], None).await;
-    let app = t.app();
-    add_delegation(
-        app.store.as_ref(),
+    delegate(
+        &t,
         NewDelegation {
             client_id: client.client_id.clone(),
             audiences: vec!["api".into()],
             scopes: vec!["reports:read".into()],
             ..Default::default()
         },
-        app.clock.now(),
     )
-    .await
-    .unwrap();
+    .await;
     let actor = t.service_token(&other, &other_secret, &[]).await;
     let user = t.human_token("alice", "portal", "reports:read");
     let r = exchange_with_actor(
@@ -1463,19 +1459,16 @@ async fn another_client_acting_gets_only_what_the_delegations_naming_it_allow() 
     // For "api": read with `other` as actor, read and admin without it.
     let (client, secret) =
         delegated_client(&t, "api", &["reports:read"], &[&other.client_id], None).await;
-    let app = t.app();
-    add_delegation(
-        app.store.as_ref(),
+    delegate(
+        &t,
         NewDelegation {
             client_id: client.client_id.clone(),
             audiences: vec!["api".into()],
             scopes: vec!["reports:read".into(), "admin".into()],
             ..Default::default()
         },
-        app.clock.now(),
     )
-    .await
-    .unwrap();
+    .await;
     let actor = t.service_token(&other, &other_secret, &[]).await;
     let user = t.human_token("alice", "portal", "reports:read admin");
     let ask = |scope: &'static str| {
@@ -1544,18 +1537,16 @@ async fn no_audience_asked_of_a_client_whose_delegations_name_none_is_invalid_ta
     .unwrap();
     // A data product: delegated a dataset, no audience.
     let (client, secret) = t.client("acme", &["internal"], &[]).await;
-    add_delegation(
-        app.store.as_ref(),
+    delegate(
+        &t,
         NewDelegation {
             client_id: client.client_id.clone(),
             datasets: vec!["sales.orders".into()],
             permissions: vec![tessera::store::Permission::Read],
             ..Default::default()
         },
-        app.clock.now(),
     )
-    .await
-    .unwrap();
+    .await;
     let user = t.human_token("alice", "portal", "reports:read");
     let r = exchange(
         &t,
