@@ -188,24 +188,19 @@ async fn as_bound_workload(
         Refusal::Unavailable("client_registry_unavailable")
     };
     let c = &verified.claims;
-    let Some(bound) = app
+    let Some(entry) = app
         .clients
-        .workload_client(&c.iss, &c.sub)
+        .bound_client(&c.iss, &c.sub, app.clock.now())
         .await
         .map_err(unavailable)?
     else {
         return Ok(verified.clone());
     };
-    let entry = app
-        .clients
-        .get(&bound, app.clock.now())
-        .await
-        .map_err(unavailable)?;
-    let Some(entry) = entry.filter(|e| !e.client.disabled) else {
+    if entry.client.disabled {
         return Err(Refusal::Deny(Denial::ClientNotAllowed));
-    };
+    }
     let mut as_client = (**verified).clone();
-    as_client.claims.client_id = bound;
+    as_client.claims.client_id = entry.client.client_id.clone();
     as_client.claims.tenant = entry.client.tenant.clone();
     Ok(Arc::new(as_client))
 }

@@ -139,6 +139,20 @@ impl ClientCache {
         Ok(found)
     }
 
+    /// The client a workload identity is bound to, from memory when
+    /// possible; `None` when it is bound to none.
+    pub async fn bound_client(
+        &self,
+        issuer: &str,
+        subject: &str,
+        now: i64,
+    ) -> anyhow::Result<Option<Arc<CachedClient>>> {
+        match self.workload_client(issuer, subject).await? {
+            Some(client_id) => self.get(&client_id, now).await,
+            None => Ok(None),
+        }
+    }
+
     /// The registry version this replica last saw.
     pub fn version(&self) -> i64 {
         self.version.load(Ordering::Acquire)

@@ -237,27 +237,16 @@ async fn exchange_workload(
     let claims = &subject.claims;
     let bound = app
         .clients
-        .workload_client(&claims.iss, &claims.sub)
+        .bound_client(&claims.iss, &claims.sub, now)
         .await
         .map_err(registry_unavailable)?
         .ok_or_else(|| invalid_grant("the workload identity is not bound to any client"))?;
-    if caller.is_some_and(|c| c.client.client_id != bound) {
+    if caller.is_some_and(|c| c.client.client_id != bound.client.client_id) {
         return Err(invalid_grant(
             "the workload identity is bound to another client",
         ));
     }
-    let client = match caller {
-        Some(c) => c.client.clone(),
-        None => {
-            let entry = app
-                .clients
-                .get(&bound, now)
-                .await
-                .map_err(registry_unavailable)?
-                .ok_or_else(|| invalid_grant("the workload identity is not bound to any client"))?;
-            entry.client.clone()
-        }
-    };
+    let client = bound.client.clone();
     rec.client_id = Some(client.client_id.clone());
     rec.tenant = Some(client.tenant.clone());
     if client.disabled {
