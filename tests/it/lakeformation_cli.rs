@@ -22,6 +22,40 @@ async fn holds(lf: &AwsLakeFormation, role: &str, table: &str) -> Vec<String> {
     perms
 }
 
+/// The binary's environment: a fresh store, AWS pointed at `moto`. The
+/// binary takes AWS credentials from the SDK's default chain: here, its
+/// environment.
+fn binary_env(dir: &std::path::Path, moto: &Moto) -> BinEnv {
+    BinEnv::fresh(dir)
+        .set("TESSERA_AWS_ENDPOINT_URL", &moto.url)
+        .set("TESSERA_AWS_REGION", "us-east-1")
+        .set("AWS_ACCESS_KEY_ID", "testing")
+        .set("AWS_SECRET_ACCESS_KEY", "testing")
+        .set("AWS_EC2_METADATA_DISABLED", "true")
+}
+
+/// `sales.orders` on `role`: the Glue table sales.orders, read only.
+async fn sales_orders(env: &BinEnv, role: &str) {
+    env.run_json(&[
+        "dataset",
+        "create",
+        "sales.orders",
+        "--tenant",
+        "acme",
+        "--role-arn",
+        role,
+        "--glue-database",
+        "sales",
+        "--glue-table",
+        "orders",
+        "--s3-prefix",
+        "s3://lake/sales/orders/",
+        "--permission",
+        "read",
+    ])
+    .await;
+}
+
 #[tokio::test]
 async fn sync_grants_missing_revokes_extra_and_leaves_foreign_grants_alone() {
     let moto = Moto::start().await;
@@ -41,32 +75,8 @@ async fn sync_grants_missing_revokes_extra_and_leaves_foreign_grants_alone() {
     assert!(failed.is_empty(), "{failed:?}");
 
     let dir = tempfile::tempdir().unwrap();
-    // The binary takes AWS credentials from the SDK's default chain: here,
-    // its environment.
-    let env = BinEnv::fresh(dir.path())
-        .set("TESSERA_AWS_ENDPOINT_URL", &moto.url)
-        .set("TESSERA_AWS_REGION", "us-east-1")
-        .set("AWS_ACCESS_KEY_ID", "testing")
-        .set("AWS_SECRET_ACCESS_KEY", "testing")
-        .set("AWS_EC2_METADATA_DISABLED", "true");
-    env.run_json(&[
-        "dataset",
-        "create",
-        "sales.orders",
-        "--tenant",
-        "acme",
-        "--role-arn",
-        &role,
-        "--glue-database",
-        "sales",
-        "--glue-table",
-        "orders",
-        "--s3-prefix",
-        "s3://lake/sales/orders/",
-        "--permission",
-        "read",
-    ])
-    .await;
+    let env = binary_env(dir.path(), &moto);
+    sales_orders(&env, &role).await;
     let plan = env.run_json(&["lakeformation", "sync", "--dry-run"]).await;
     assert_eq!(plan["dry_run"], true);
     assert_eq!(plan["grant"][0]["table"], "orders");
@@ -143,30 +153,8 @@ async fn the_cli_sync_waits_its_turn_while_a_server_holds_the_sync_lease() {
     let role = moto.create_role("sales-reader").await;
     let lf = AwsLakeFormation::from_sdk_config(&moto.sdk_config().await);
     let dir = tempfile::tempdir().unwrap();
-    let env = BinEnv::fresh(dir.path())
-        .set("TESSERA_AWS_ENDPOINT_URL", &moto.url)
-        .set("TESSERA_AWS_REGION", "us-east-1")
-        .set("AWS_ACCESS_KEY_ID", "testing")
-        .set("AWS_SECRET_ACCESS_KEY", "testing")
-        .set("AWS_EC2_METADATA_DISABLED", "true");
-    env.run_json(&[
-        "dataset",
-        "create",
-        "sales.orders",
-        "--tenant",
-        "acme",
-        "--role-arn",
-        &role,
-        "--glue-database",
-        "sales",
-        "--glue-table",
-        "orders",
-        "--s3-prefix",
-        "s3://lake/sales/orders/",
-        "--permission",
-        "read",
-    ])
-    .await;
+    let env = binary_env(dir.path(), &moto);
+    sales_orders(&env, &role).await;
     // A server's background loop holds the lease, as another replica would.
     let var = |k: &str| {
         env.vars
