@@ -461,6 +461,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
 }
 
 async fn serve(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<i32> {
+    // Handlers first: a SIGTERM that arrives while the server starts (an
+    // orchestrator giving up on a slow start) must stop it cleanly, not
+    // kill it by the signal's default action.
+    let shutdown = shutdown_signal()?;
     let server = crate::server::Server::start(config, clock).await?;
     let cfg = &server.app.config;
     eprintln!(
@@ -484,7 +488,7 @@ async fn serve(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<i32> {
     eprintln!(
         "tessera: create a first client with\n  tessera client create --name demo --tenant demo --audience internal --scope demo:read"
     );
-    shutdown_signal().await;
+    shutdown.await;
     eprintln!("tessera: shutting down");
     server.shutdown().await;
     Ok(0)
@@ -501,14 +505,18 @@ fn redact(url: &str) -> String {
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("signal handler");
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term.recv() => {},
-    }
+/// Installs the SIGINT and SIGTERM handlers now; the future resolves at
+/// the first of either.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {},
+            _ = term.recv() => {},
+        }
+    })
 }
 
 async fn client(
